@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` (main job on the embedded default dataset)
+# and `make test` (the suite). Both create .venv/ first; a second run skips the install.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+# The local pip config names mirror folders that may not hold every package: silence that noise.
+PIPQ := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: venv demo test lint format lock bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIPQ)
+	$(PY) -m pip install -q -r requirements.lock 2>&1 | $(PIPQ)
+	$(PY) -m pip install -q --no-deps -e . 2>&1 | $(PIPQ)
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/semsynth prepare
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Re-resolve the pins from pyproject.toml in a scratch env and write requirements.lock.
+lock:
+	rm -rf /tmp/semsynth-lock && $(PYTHON) -m venv /tmp/semsynth-lock
+	/tmp/semsynth-lock/bin/pip install -q ".[dev]" 2>&1 | $(PIPQ)
+	{ echo "# Exact versions resolved on this machine (Python 3.11). Regenerate: make lock"; \
+	  /tmp/semsynth-lock/bin/pip freeze | grep -v '^semsynth'; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny datasets built with the real prepare stage, and the CamVid path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared shapes dataset: train 48, val 16 pairs at 32x32 (read-only: copy to modify)."""
+    from pipeline.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("tiny_shapes")
+    cfg = PrepareConfig(
+        dataset="shapes",
+        options={"n_train": 48, "n_val": 16, "seed": 0},
+        size=(32, 32),
+        samples_per_shard=16,
+        workers=0,
+        out=str(root / "prepared"),
+        metrics=str(root / "prepare.json"),
+    )
+    prepare(cfg, progress=False)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def camvid() -> Path:
+    """The CamVid folder beside the repository; tests using it skip where ../shared is absent."""
+    if not (CAMVID / "train").is_dir():
+        pytest.skip("../shared/datasets/camvid is absent (a fresh clone has none)")
+    return CAMVID
