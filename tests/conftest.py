@@ -38,3 +38,36 @@ def camvid() -> Path:
     if not (CAMVID / "train").is_dir():
         pytest.skip("../shared/datasets/camvid is absent (a fresh clone has none)")
     return CAMVID
+
+
+@pytest.fixture
+def make_pairs():
+    """Factory writing a small paired-folders dataset (`split` or `flat` layout) with a class table."""
+    import numpy as np
+    from PIL import Image
+
+    def make(
+        root: Path, n: int = 4, layout: str = "split", size: tuple[int, int] = (20, 30)
+    ) -> Path:
+        rng = np.random.default_rng(0)
+        dirs = {"split": [("train", "trainannot"), ("val", "valannot")], "flat": [("img", "lab")]}[
+            layout
+        ]
+        for img_dir, lab_dir in dirs:
+            (root / img_dir).mkdir(parents=True)
+            (root / lab_dir).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+                    root / img_dir / f"f{i}.png"
+                )
+                Image.fromarray(rng.integers(0, 4, size, dtype=np.uint8)).save(
+                    root / lab_dir / f"f{i}.png"
+                )
+        (root / "classes.yaml").write_text(
+            "classes:\n"
+            + "".join(f"  - {{name: c{i}, color: [{i * 50}, 0, 0]}}\n" for i in range(3))
+            + "void_values: [3]\n"
+        )
+        return root
+
+    return make
