@@ -11,7 +11,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # The local pip config names mirror folders that may not hold every package: silence that noise.
 PIPQ := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: venv demo test lint format lock bench clean
+.PHONY: venv demo test lint format lock bench clean repro plots prefect-up prefect-down
 
 venv: $(STAMP)
 
@@ -22,8 +22,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e . 2>&1 | $(PIPQ)
 	touch $@
 
+# The whole pipeline on the embedded `shapes` data (dvc repro), ending with the mIoU table.
 demo: $(STAMP)
-	$(VENV)/bin/semsynth prepare
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(PY) -m pipeline.summary metrics/segmentation.json
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -44,6 +46,22 @@ lock:
 	/tmp/semsynth-lock/bin/pip install -q ".[dev]" 2>&1 | $(PIPQ)
 	{ echo "# Exact versions resolved on this machine (Python 3.11). Regenerate: make lock"; \
 	  /tmp/semsynth-lock/bin/pip freeze | grep -v '^semsynth'; } > requirements.lock
+
+# The whole pipeline under DVC (only stages whose deps or params changed run).
+repro: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+# Training curves and metrics as one HTML page that renders offline (Vega from vendor/vega).
+plots: $(STAMP)
+	$(VENV)/bin/dvc plots show -o plots
+	@echo "open plots/index.html"
+
+# A local Prefect server (SQLite, 127.0.0.1) + a process worker, all deployments of prefect.yaml.
+prefect-up: $(STAMP)
+	bash scripts/prefect_up.sh
+
+prefect-down:
+	bash scripts/prefect_down.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

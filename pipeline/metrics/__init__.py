@@ -1,0 +1,1 @@
+"""Metrics: mask quality (`masks`), FID (`fid`), segmentation scores (`segmentation`)."""

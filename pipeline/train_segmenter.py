@@ -1,0 +1,426 @@
+"""Stage `train_segmenter`: train a segmenter on real pairs only, or on real + synthetic pairs.
+
+`--mode real` draws every batch from the real training split; `--mode real_synth` fills exactly
+`synth_fraction` of the images seen with synthetic pairs (each batch holds the floor or ceiling of
+batch_size x synth_fraction). `real_fraction` keeps a seeded subset of the real labels (nested:
+the 10% subset lies inside the 25% one for the same seed) for the data-efficiency curve. The
+model is scored on the real held-out split (test if the dataset has one, else val).
+
+Every batch and its augmentation are a pure function of (seed, step), so a run resumed from its
+checkpoint sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.segmenter import ARCHS, ENCODERS, build_segmenter, segmentation_loss
+from pipeline.augment import AugmentConfig, augment
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config import ConfigError, section, to_dict
+from pipeline.device import autocast, pick_device, use_channels_last
+from pipeline.errors import DatasetError
+from pipeline.io_utils import write_metrics
+from pipeline.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from pipeline.pretrained import encoder_state_dict
+from pipeline.shards import load_class_table, load_split, splits
+
+SECTION = "train_segmenter"
+MODES = ("real", "real_synth")
+
+
+@dataclass(frozen=True)
+class TrainSegmenterConfig:
+    arch: str = field(default="unet", metadata={"help": f"one of {sorted(ARCHS)}"})
+    encoder: str = field(
+        default="efficientnet-lite0", metadata={"help": f"one of {sorted(ENCODERS)}"}
+    )
+    encoder_weights: Literal["imagenet"] | None = field(
+        default="imagenet", metadata={"help": "imagenet (offline package weights) or null"}
+    )
+    loss: Literal["ce", "dice_ce"] = field(
+        default="ce", metadata={"help": "ce, or dice_ce (cross-entropy + Dice)"}
+    )
+    steps: int = field(default=150, metadata={"help": "optimizer steps (images = steps x batch)"})
+    batch_size: int = 16
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW lr (warmup, cosine decay)"})
+    weight_decay: float = 1e-4
+    synth_fraction: float = field(
+        default=0.5, metadata={"help": "share of images seen that are synthetic (real_synth)"}
+    )
+    synth_budget: int = field(
+        default=0, metadata={"help": "synthetic pairs to draw from (seeded subset); 0 = all"}
+    )
+    real_fraction: float = field(
+        default=1.0, metadata={"help": "seeded share of real training labels kept"}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "seeds of the DVC matrix"}
+    )
+    curve_fractions: list[float] = field(
+        default_factory=lambda: [0.1, 0.25, 0.5],
+        metadata={"help": "real_fraction values of the data-efficiency curve (DVC matrix)"},
+    )
+    curve_seeds: list[int] = field(
+        default_factory=lambda: [0], metadata={"help": "seeds of the curve's DVC matrix"}
+    )
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})
+    eval_every: int = field(
+        default=0, metadata={"help": "steps between held-out mIoU logs; 0 = at the end only"}
+    )
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast where fast"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    real_dir: str = "data/prepared"
+    synth_dir: str = "data/synthetic"
+    out: str = field(default="data/segmenter", metadata={"help": "runs go to OUT/RUN/model.pt"})
+    metrics_dir: str = field(default="metrics/segmenter", metadata={"help": "RUN.json per run"})
+    live_dir: str = field(default="dvclive/segmenter", metadata={"help": "DVCLive logs per run"})
+
+    def __post_init__(self) -> None:
+        k = SECTION
+        if self.arch not in ARCHS:
+            raise ConfigError(f"{k}.arch {self.arch!r} is unknown; valid: {sorted(ARCHS)}")
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"{k}.encoder {self.encoder!r} is unknown; valid: {sorted(ENCODERS)}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"{k}.steps and {k}.batch_size must be >= 1")
+        if not 0 <= self.synth_fraction < 1:
+            raise ConfigError(f"{k}.synth_fraction {self.synth_fraction} must be in [0, 1)")
+        if self.synth_budget < 0:
+            raise ConfigError(f"{k}.synth_budget must be >= 0 (0 = all)")
+        for f in [self.real_fraction, *self.curve_fractions]:
+            if not 0 < f <= 1:
+                raise ConfigError(f"{k}.real_fraction / curve_fractions {f} must be in (0, 1]")
+        if self.lr <= 0 or self.checkpoint_every < 0 or self.eval_every < 0:
+            raise ConfigError(f"{k}.lr must be > 0; checkpoint_every, eval_every >= 0")
+
+
+Config = TrainSegmenterConfig
+
+
+# ---- data: subsets, mixing, batches ---------------------------------------------------------
+
+
+def run_name(mode: str, seed: int, real_fraction: float = 1.0) -> str:
+    """`real-seed0`, or `real-frac0.1-seed0` for a 10% label subset (as dvc.yaml spells it)."""
+    frac = "" if real_fraction >= 1 else f"-frac{real_fraction:g}"
+    return f"{mode}{frac}-seed{seed}"
+
+
+def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded `fraction` of n items; smaller fractions nest in larger ones."""
+    keep = max(1, round(n * fraction))
+    return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:keep])
+
+
+def synth_seen_after(step: int, batch_size: int, synth_fraction: float) -> int:
+    """Synthetic images in the first `step` batches: the running total stays exact."""
+    return round(step * batch_size * synth_fraction)
+
+
+def stream(n: int, start: int, count: int, seed: int, salt: int) -> np.ndarray:
+    """Items start..start+count-1 of an endless stream of seeded permutations of range(n)."""
+    pos = np.arange(start, start + count)
+    out = np.empty(count, dtype=np.int64)
+    for epoch in np.unique(pos // n):
+        perm = np.random.default_rng([seed, salt, int(epoch)]).permutation(n)
+        sel = pos // n == epoch
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def batch_indices(
+    step: int, batch_size: int, synth_fraction: float, n_real: int, n_synth: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(real indices, synthetic indices) of batch `step`; a pure function of its arguments."""
+    s0 = synth_seen_after(step, batch_size, synth_fraction) if n_synth else 0
+    s1 = synth_seen_after(step + 1, batch_size, synth_fraction) if n_synth else 0
+    real = stream(n_real, step * batch_size - s0, batch_size - (s1 - s0), seed, 0)
+    synth = stream(n_synth, s0, s1 - s0, seed, 1) if n_synth else np.zeros(0, np.int64)
+    return real, synth
+
+
+def heldout_split(root: Path) -> str:
+    """The real held-out split: `test` when the dataset has one, else `val`."""
+    have = splits(root)
+    for s in ("test", "val"):
+        if s in have:
+            return s
+    raise DatasetError(f"{root}: no test or val split to evaluate on (splits: {have})")
+
+
+def _to_tensors(images: np.ndarray, masks: np.ndarray, device: torch.device):
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255  # [N, 3, H, W]
+    return x, torch.from_numpy(masks).to(device).long()
+
+
+def _lr(step: int, cfg: TrainSegmenterConfig) -> float:
+    warm = max(1, cfg.steps // 20)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+
+
+# ---- model I/O and prediction ---------------------------------------------------------------
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A trained segmenter from its `model.pt` (weights only), in eval mode."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["config"]
+    model = build_segmenter(meta["arch"], meta["encoder"], meta["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    model.meta = meta  # class names, ignore index, mode, seed, fraction
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, bf16: bool = False
+) -> np.ndarray:
+    """uint8 [N, H, W, 3] → uint8 [N, H, W] class ids (argmax)."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"predict wants uint8 [N, H, W, 3] images, got {images.dtype} {images.shape}"
+        )
+    model.eval()
+    device = next(model.parameters()).device
+    out = np.empty(images.shape[:3], dtype=np.uint8)
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2)
+        with autocast(device, bf16):
+            logits = model(x.float() / 255)
+        out[i : i + batch_size] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+    return out
+
+
+def score(pred: np.ndarray, masks: np.ndarray, names: list[str], ignore_index: int) -> dict:
+    """mIoU, pixel accuracy and `iou_<class>` (classes absent from both left out)."""
+    cm = confusion_matrix(pred, masks, len(names), ignore_index)
+    out = {"miou": mean_iou(cm), "pixel_acc": pixel_accuracy(cm)}
+    for name, v in zip(names, iou_per_class(cm), strict=True):
+        if np.isfinite(v):
+            out[f"iou_{name}"] = float(v)
+    return out
+
+
+# ---- the training loop ----------------------------------------------------------------------
+
+
+def train_segmenter(
+    cfg: TrainSegmenterConfig,
+    real_dir: Path,
+    synth_dir: Path | None,
+    out_dir: Path,
+    mode: str,
+    seed: int,
+    *,
+    real_fraction: float | None = None,
+    metrics_path: Path | None = None,
+    live_dir: Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train one run into `out_dir/model.pt`; returns (and writes) its held-out metrics."""
+    t0 = time.perf_counter()
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r} is unknown; valid: {list(MODES)}")
+    frac = cfg.real_fraction if real_fraction is None else real_fraction
+    name = run_name(mode, seed, frac)
+    out_dir = Path(out_dir)
+    metrics_path = Path(metrics_path or Path(cfg.metrics_dir) / f"{name}.json")
+    device = pick_device(cfg.device)
+    torch.manual_seed(seed)  # smp initialises its decoder from the global generator
+
+    # Data: the real labels kept (seeded subset), and the synthetic pool in real_synth mode.
+    table = load_class_table(real_dir)
+    images, masks, _ = load_split(real_dir, "train")
+    if images is None:
+        raise DatasetError(f"{real_dir}: the train split has no images; re-run `semsynth prepare`")
+    keep = label_subset(len(masks), frac, seed)
+    images, masks = images[keep], masks[keep]
+    s_images = s_masks = np.zeros((0,), np.uint8)
+    if mode == "real_synth":
+        if synth_dir is None or not (Path(synth_dir) / "classes.json").is_file():
+            raise DatasetError(
+                f"synthetic dataset {synth_dir} is missing: run `semsynth generate`, "
+                "or train with --mode real"
+            )
+        if load_class_table(synth_dir).names != table.names:
+            raise DatasetError(f"{synth_dir}/classes.json does not match {real_dir}/classes.json")
+        s_images, s_masks, _ = load_split(synth_dir, "train")
+        if s_images is None or s_images.shape[1:3] != images.shape[1:3]:
+            raise DatasetError(
+                f"{synth_dir}: synthetic pairs need images of the real size {images.shape[1:3]}"
+            )
+        if cfg.synth_budget:
+            pick = label_subset(len(s_masks), min(1.0, cfg.synth_budget / len(s_masks)), seed + 1)
+            s_images, s_masks = s_images[pick], s_masks[pick]
+    n_real, n_synth = len(masks), len(s_masks)
+    synth_fraction = cfg.synth_fraction if n_synth else 0.0
+    h_images, h_masks, _ = load_split(real_dir, heldout_split(real_dir))
+
+    # Model, optimizer; resume from an unfinished checkpoint of the same run.
+    weights = encoder_state_dict(cfg.encoder, cfg.encoder_weights)
+    model = build_segmenter(cfg.arch, cfg.encoder, table.num_classes, weights).to(device)
+    channels_last = use_channels_last(device, cfg.bf16)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    meta = {
+        "arch": cfg.arch,
+        "encoder": cfg.encoder,
+        "num_classes": table.num_classes,
+        "class_names": table.names,
+        "ignore_index": table.ignore_index,
+        "mode": mode,
+        "seed": seed,
+        "real_fraction": frac,
+        "train_config": to_dict(cfg),
+    }
+    ckpt_path, start, seen = out_dir / "model.pt", 0, [0, 0]
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path, device)
+        same = {k: v for k, v in ckpt.get("config", {}).items() if k != "train_config"}
+        if "optimizer" in ckpt and same == {k: v for k, v in meta.items() if k != "train_config"}:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            start, seen = int(ckpt["step"]), list(ckpt["seen"])
+            print(f"train_segmenter {name}: resuming at step {start}/{cfg.steps}")
+
+    from dvclive import Live
+
+    live = Live(
+        dir=str(live_dir or Path(cfg.live_dir) / name),
+        resume=start > 0,
+        save_dvc_exp=False,
+        dvcyaml=None,
+    )
+    names = table.names
+
+    def heldout_scores() -> dict:
+        pred = predict(model, h_images)  # fp32, as `evaluate` scores it
+        return score(pred, h_masks, names, table.ignore_index)
+
+    def save(step: int, final: bool) -> None:
+        state = {"model": model.state_dict(), "step": step, "seen": seen, "config": meta}
+        if not final:  # the optimizer is only needed to resume; keep final files small
+            state["optimizer"] = opt.state_dict()
+        save_checkpoint(ckpt_path, state)
+
+    t_train = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc=f"segmenter {name}", disable=not progress, leave=False)
+    for step in bar:
+        # Batch: real and synthetic indices, then one augmentation draw, all seeded by step.
+        ri, si = batch_indices(step, cfg.batch_size, synth_fraction, n_real, n_synth, seed)
+        x, y = _to_tensors(images[ri], masks[ri], device)
+        if len(si):
+            xs, ys = _to_tensors(s_images[si], s_masks[si], device)
+            x, y = torch.cat([x, xs]), torch.cat([y, ys])
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        # EfficientNet's stochastic depth draws from torch's global generator: seeding it per
+        # step keeps a resumed run on the same path as an uninterrupted one
+        torch.manual_seed(seed * 1_000_003 + step)
+        x, y = augment(x, y, cfg.augment, gen, table.ignore_index)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        # Step: bf16 forward where fast, loss in fp32, cosine lr.
+        model.train()
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg)
+        with autocast(device, cfg.bf16):
+            logits = model(x)
+        loss = segmentation_loss(logits, y, table.ignore_index, cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen[0] += len(ri)
+        seen[1] += len(si)
+
+        # Logs and checkpoints.
+        loss_value = loss.item()
+        live.log_metric("train/loss", loss_value)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            live.log_metric("heldout/miou", heldout_scores()["miou"])
+        live.next_step()
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            save(step + 1, final=False)
+    train_seconds = time.perf_counter() - t_train
+
+    # Final: score on the real held-out split, write the weights-only model and the metrics.
+    t_eval = time.perf_counter()
+    scores = heldout_scores()
+    eval_seconds = time.perf_counter() - t_eval
+    live.log_metric("heldout/miou", scores["miou"])
+    live.end()
+    save(cfg.steps, final=True)
+    trained = cfg.steps - start
+    metrics = {
+        **scores,
+        "real_seen": float(seen[0]),
+        "synth_seen": float(seen[1]),
+        "n_real_train": float(n_real),
+        "n_synth_pool": float(n_synth),
+        "real_fraction": float(frac),
+        "seed": float(seed),
+        "steps": float(cfg.steps),
+        "train_images_per_s": round(trained * cfg.batch_size / max(train_seconds, 1e-9), 2),
+        "eval_images_per_s": round(len(h_masks) / max(eval_seconds, 1e-9), 2),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_metrics(metrics_path, metrics)
+    return metrics
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=MODES, default="real", help="training data")
+    parser.add_argument("--seed", type=int, default=0, help="seed of init, subset and batches")
+    parser.add_argument(
+        "--real-fraction", type=float, help="share of real labels (default: real_fraction)"
+    )
+    parser.add_argument("--real-dir", help="prepared real dataset (default: real_dir)")
+    parser.add_argument("--synth-dir", help="synthetic dataset (default: synth_dir)")
+    parser.add_argument("--out", help="run folder (default: OUT/RUN with RUN like real-seed0)")
+    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
+    cfg = section(params, SECTION, TrainSegmenterConfig)
+    frac = cfg.real_fraction if args.real_fraction is None else args.real_fraction
+    if not 0 < frac <= 1:
+        raise ConfigError(f"--real-fraction {frac} must be in (0, 1]")
+    name = run_name(args.mode, args.seed, frac)
+    out = Path(args.out or Path(cfg.out) / name)
+    metrics = train_segmenter(
+        cfg,
+        Path(args.real_dir or cfg.real_dir),
+        Path(args.synth_dir or cfg.synth_dir),
+        out,
+        args.mode,
+        args.seed,
+        real_fraction=frac,
+        resume=not args.restart,
+        progress=not args.quiet,
+    )
+    print(
+        f"segmenter {name}: held-out mIoU {metrics['miou']:.4f}, pixel acc "
+        f"{metrics['pixel_acc']:.4f}; {int(metrics['real_seen'])} real + "
+        f"{int(metrics['synth_seen'])} synthetic images seen; model in {out}/model.pt"
+    )
+    return metrics

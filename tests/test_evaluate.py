@@ -1,0 +1,160 @@
+"""Stage `evaluate`: paired seeds, the gain and its interval, per-class IoU, curve and plots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import DatasetError
+from pipeline.evaluate import EvaluateConfig, evaluate
+from pipeline.metrics.segmentation import mean_std_ci95
+from pipeline.shards import Sample, ShardWriter, load_class_table, load_split
+from pipeline.train_segmenter import TrainSegmenterConfig, run_name, train_segmenter
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Real and real+synth runs for seeds 0 and 1, plus one 50%-label pair for the curve."""
+    root = tmp_path_factory.mktemp("evaluate")
+    synth = root / "synth"
+    synth.mkdir()
+    shutil.copy(tiny_shapes / "classes.json", synth / "classes.json")
+    images, masks, _ = load_split(tiny_shapes, "train")
+    with ShardWriter(synth / "train-000000.tar", load_class_table(tiny_shapes)) as w:
+        for i in range(8):  # colour-shifted copies stand in for generated pairs
+            w.write(Sample(f"s{i}", masks[i], (255 - images[i]).astype(np.uint8)))
+    cfg = TrainSegmenterConfig(
+        encoder_weights=None,
+        steps=2,
+        batch_size=4,
+        bf16=False,
+        device="cpu",
+        checkpoint_every=0,
+        metrics_dir=str(root / "metrics"),
+        live_dir=str(root / "live"),
+    )
+    seg = root / "segmenter"
+    per_run = {}
+    jobs = [(m, s, 1.0) for m in ("real", "real_synth") for s in (0, 1)]
+    jobs += [("real", 0, 0.5), ("real_synth", 0, 0.5)]
+    for mode, seed, frac in jobs:
+        name = run_name(mode, seed, frac)
+        per_run[name] = train_segmenter(
+            cfg, tiny_shapes, synth, seg / name, mode, seed, real_fraction=frac, progress=False
+        )
+    return {"root": root, "seg": seg, "per_run": per_run}
+
+
+def eval_cfg(root: Path, **kw) -> EvaluateConfig:
+    base = dict(
+        seeds=[0, 1],
+        device="cpu",
+        image_generator=str(root / "no-generator.pt"),
+        metrics=str(root / "segmentation.json"),
+        plots_dir=str(root / "plots"),
+    )
+    return EvaluateConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_shapes, runs) -> dict:
+    return evaluate(eval_cfg(runs["root"]), tiny_shapes, runs["seg"], progress=False)
+
+
+def test_gain_is_paired_over_seeds(tiny_shapes, runs, evaluated):
+    root, per_run, m = runs["root"], runs["per_run"], evaluated
+    # evaluate re-scores the checkpoints: same numbers as each run's own held-out score
+    real = [per_run[f"real-seed{s}"]["miou"] for s in (0, 1)]
+    mixed = [per_run[f"real_synth-seed{s}"]["miou"] for s in (0, 1)]
+    assert m["miou_real"] == pytest.approx(np.mean(real), abs=1e-9)
+    assert m["miou_real_synth"] == pytest.approx(np.mean(mixed), abs=1e-9)
+    assert m["miou_real_std"] == pytest.approx(np.std(real, ddof=1), abs=1e-9)
+    gains = [b - a for a, b in zip(real, mixed, strict=True)]
+    _, std, lo, hi = mean_std_ci95(gains)
+    assert m["miou_gain"] == pytest.approx(np.mean(gains), abs=1e-9)
+    assert (m["miou_gain_std"], m["miou_gain_ci95_low"], m["miou_gain_ci95_high"]) == pytest.approx(
+        (std, lo, hi)
+    )
+    assert m["pixel_acc_real"] == pytest.approx(
+        np.mean([per_run[f"real-seed{s}"]["pixel_acc"] for s in (0, 1)])
+    )
+    names = load_class_table(tiny_shapes).names
+    assert f"iou_real_{names[0]}" in m and f"iou_real_synth_{names[0]}" in m
+    assert all(isinstance(v, float) for v in m.values())
+    assert json.loads((root / "segmentation.json").read_text()) == pytest.approx(m)
+
+
+def test_plots_hold_per_class_iou_and_the_curve(tiny_shapes, runs, evaluated):
+    root, m = runs["root"], evaluated
+    per_class = json.loads((root / "plots" / "per_class_iou.json").read_text())
+    names = load_class_table(tiny_shapes).names
+    assert [r["class"] for r in per_class] == names
+    assert per_class[0]["iou_real"] == pytest.approx(m[f"iou_real_{names[0]}"])
+    curve = json.loads((root / "plots" / "data_efficiency.json").read_text())
+    assert [p["real_fraction"] for p in curve] == [0.5, 1.0]  # 0.1 and 0.25 have no runs
+    assert curve[1]["miou_gain"] == pytest.approx(m["miou_gain"])
+    half = runs["per_run"]
+    expect = half["real_synth-frac0.5-seed0"]["miou"] - half["real-frac0.5-seed0"]["miou"]
+    assert curve[0]["miou_gain"] == pytest.approx(expect, abs=1e-9)
+    assert m["miou_gain_frac50"] == pytest.approx(expect, abs=1e-9)
+
+
+def test_real_only_when_no_synthetic_runs(tiny_shapes, runs, tmp_path, capsys):
+    seg = tmp_path / "seg"
+    for s in (0, 1):
+        shutil.copytree(runs["seg"] / f"real-seed{s}", seg / f"real-seed{s}")
+    m = evaluate(eval_cfg(tmp_path), tiny_shapes, seg, progress=False)
+    assert "miou_real" in m and "miou_gain" not in m and "miou_real_synth" not in m
+    out = capsys.readouterr().out
+    assert "no real_synth runs" in out and "synth_miou_ratio skipped" in out
+
+
+def test_missing_real_runs_say_what_to_run(tiny_shapes, runs, tmp_path):
+    with pytest.raises(
+        DatasetError, match=r"seed\(s\) \[2\].*semsynth train-segmenter --mode real"
+    ):
+        evaluate(eval_cfg(tmp_path, seeds=[0, 2]), tiny_shapes, runs["seg"], progress=False)
+
+
+def test_synth_ratio_uses_the_image_generator(tiny_shapes, runs, tmp_path, monkeypatch):
+    """With a generator that returns the real images, the ratio must be exactly 1."""
+    import pipeline.train_images as ti
+
+    images, _, _ = load_split(tiny_shapes, "val")
+    gen = tmp_path / "generator.pt"
+    gen.write_bytes(b"stand-in")
+    monkeypatch.setattr(ti, "load_image_generator", lambda path, device: "G")
+    monkeypatch.setattr(
+        ti, "synthesize", lambda g, masks, seed, n_per_mask=1: images[:, None].copy()
+    )
+    m = evaluate(
+        eval_cfg(tmp_path, image_generator=str(gen)), tiny_shapes, runs["seg"], progress=False
+    )
+    assert m["synth_miou_ratio"] == pytest.approx(1.0)
+    assert m["miou_real_on_synth"] == pytest.approx(m["miou_real"])
+
+
+def test_cli_takes_the_seeds_of_train_segmenter(tiny_shapes, runs, tmp_path, monkeypatch):
+    import yaml
+
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    params = {
+        "train_segmenter": {"seeds": [1]},
+        "evaluate": {
+            "real_dir": str(tiny_shapes),
+            "segmenter_dir": str(runs["seg"]),
+            "device": "cpu",
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["evaluate", "--quiet"]) == 0
+    m = json.loads((tmp_path / "metrics/segmentation.json").read_text())
+    assert m["n_seeds"] == 1 and "miou_gain_std" not in m  # one seed: no spread, no interval
+    assert m["miou_real"] == pytest.approx(runs["per_run"]["real-seed1"]["miou"], abs=1e-9)
+    assert (tmp_path / "metrics/segmentation_plots/per_class_iou.json").is_file()
