@@ -166,23 +166,45 @@ class MaskGenerator(nn.Module):
         return ids.view(shape), dist.view(shape) * 127.5
 
 
-class MaskDiscriminator(nn.Module):
-    """Map [B, in_channels, H, W] (one-hot / softmax / RGB) → real-vs-fake logit [B]."""
+def minibatch_stddev(x: torch.Tensor, group: int) -> torch.Tensor:
+    """PGGAN's minibatch standard deviation: append one channel holding the mean std of the
+    features across a group of samples, so D can see a batch of identical samples (mode
+    collapse) and G is pushed towards diversity. x [B, C, H, W] → [B, C + 1, H, W].
+    """
+    b, _, h, w = x.shape
+    g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)  # a divisor of B
+    y = x.float().view(g, b // g, *x.shape[1:])  # [G, B/G, C, H, W]: groups across the batch
+    y = (y.var(0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [B/G]
+    y = y.view(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(b, 1, h, w).to(x.dtype)
+    return torch.cat([x, y], 1)
 
-    def __init__(self, in_channels: int, height: int, width: int, channels: int = 64):
+
+class MaskDiscriminator(nn.Module):
+    """Map [B, in_channels, H, W] (one-hot / softmax / RGB) → real-vs-fake logit [B].
+
+    `mbstd_group` > 0 adds a minibatch-stddev channel before the last conv (0 = off).
+    """
+
+    def __init__(
+        self, in_channels: int, height: int, width: int, channels: int = 64, mbstd_group: int = 0
+    ):
         super().__init__()
         levels = num_levels(height, width)
+        self.mbstd_group = mbstd_group
         self.from_in = CoordConv2d(in_channels, channels, 3, padding=1)
         chans = [min(channels * 2**i, 256) for i in range(levels + 1)]
         self.blocks = nn.ModuleList(DownBlock(chans[i], chans[i + 1]) for i in range(levels))
         h0, w0 = height // 2**levels, width // 2**levels
-        self.out_conv = nn.Conv2d(chans[-1], chans[-1], 3, padding=1)
+        extra = 1 if mbstd_group > 0 else 0
+        self.out_conv = nn.Conv2d(chans[-1] + extra, chans[-1], 3, padding=1)
         self.fc = nn.Linear(chans[-1] * h0 * w0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.from_in(x), 0.2)
         for block in self.blocks:
             x = block(x)
+        if self.mbstd_group > 0:
+            x = minibatch_stddev(x, self.mbstd_group)
         x = F.leaky_relu(self.out_conv(x), 0.2)
         return self.fc(x.flatten(1)).squeeze(1)  # [B, ch*h0*w0] → [B]
 

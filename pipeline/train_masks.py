@@ -47,7 +47,7 @@ from pipeline.shards import iter_split, load_class_table, splits
 SECTION = "train_masks"
 CHECKPOINT = "generator.pt"
 # Architecture keys: a checkpoint can only resume (or load) with the same values.
-ARCH_KEYS = ("kind", "latent_dim", "g_channels", "d_channels")
+ARCH_KEYS = ("kind", "latent_dim", "g_channels", "d_channels", "mbstd_group")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,12 @@ class TrainMasksConfig:
     latent_dim: int = 128
     g_channels: int = field(default=128, metadata={"help": "G width at the lowest resolution"})
     d_channels: int = field(default=16, metadata={"help": "D width at full resolution"})
+    mbstd_group: int = field(
+        default=4,
+        metadata={
+            "help": "D's minibatch-stddev group size (PGGAN; counters mode collapse); 0 = off"
+        },
+    )
     lr_g: float = 0.0005
     lr_d: float = 0.0005
     betas: tuple[float, float] = (0.0, 0.99)
@@ -124,6 +130,8 @@ class TrainMasksConfig:
             raise ConfigError(f"train_masks.betas {list(self.betas)} must lie in [0, 1)")
         if self.snapshot_kimg <= 0 or self.log_kimg <= 0 or self.ema_kimg < 0:
             raise ConfigError("train_masks.snapshot_kimg and log_kimg must be > 0, ema_kimg >= 0")
+        if self.mbstd_group < 0:
+            raise ConfigError(f"train_masks.mbstd_group must be >= 0, got {self.mbstd_group}")
         if self.eval_samples < 2 or self.min_component < 1:
             raise ConfigError("train_masks.eval_samples must be >= 2, min_component >= 1")
 
@@ -285,6 +293,7 @@ def train_masks(
         "latent_dim": cfg.latent_dim,
         "g_channels": cfg.g_channels,
         "d_channels": cfg.d_channels,
+        "mbstd_group": cfg.mbstd_group,
         "colors": table.colors.tolist(),
     }
 
@@ -296,7 +305,7 @@ def train_masks(
             G = build_generator(arch)
         except ValueError as e:
             raise DatasetError(f"{cfg.data}: {e}") from None
-        D = MaskDiscriminator(c if semgan else 3, height, width, cfg.d_channels)
+        D = MaskDiscriminator(c if semgan else 3, height, width, cfg.d_channels, cfg.mbstd_group)
     channels_last = use_channels_last(device, cfg.bf16)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)

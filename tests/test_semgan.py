@@ -13,6 +13,7 @@ from models.semgan import (
     MaskDiscriminator,
     MaskGenerator,
     gumbel_softmax_st,
+    minibatch_stddev,
     noisy_one_hot,
     num_levels,
     one_hot,
@@ -46,6 +47,21 @@ def test_generator_and_discriminator_shapes(size):
     ids, dist = g.to_ids(out)
     assert ids.shape == (3, h, w) and dist is None
     assert int(ids.min()) >= 0 and int(ids.max()) < 5
+
+
+def test_minibatch_stddev_sees_collapse():
+    torch.manual_seed(0)
+    same = torch.randn(1, 4, 3, 3).expand(6, -1, -1, -1).contiguous()
+    out = minibatch_stddev(same, group=4)  # 6 is not divisible by 4: groups of 3
+    assert out.shape == (6, 5, 3, 3)
+    assert torch.equal(out[:, :4], same)
+    assert float(out[:, 4].abs().max()) < 1e-3  # identical samples: no spread
+    varied = minibatch_stddev(torch.randn(6, 4, 3, 3), group=2)
+    assert float(varied[:, 4].min()) > 0.1
+    # the channel is constant over a sample and shared by the samples of one group
+    assert torch.equal(varied[0, 4], varied[0, 4, :1, :1].expand(3, 3))
+    d = MaskDiscriminator(5, 32, 32, channels=8, mbstd_group=4)
+    assert d(torch.rand(8, 5, 32, 32)).shape == (8,)
 
 
 def test_num_levels_and_size_errors():
