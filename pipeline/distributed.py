@@ -2,17 +2,19 @@
 
 Under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set) `init()` joins the process group, gloo on
 CPU and nccl on GPU, one GPU per local rank. Without torchrun every helper is a no-op: rank 0 of
-a world of 1, the model unwrapped, the sampler None, metrics returned as they are. A stage uses it
-like this, with no second code path:
+a world of 1, the model unwrapped, batch norm left alone, the sampler None, metrics returned as
+they are. A stage uses it like this, with no second code path:
 
-    dist = distributed.init(cfg.device)                  # DistInfo(rank, world_size, device, ...)
-    model = distributed.wrap(model.to(dist.device), dist)
-    sampler = distributed.sampler(dataset, shuffle=True, seed=cfg.seed)  # None when alone
+    proc = distributed.init(cfg.device)                  # DistInfo(rank, world_size, device, ...)
+    batch = distributed.per_rank_batch(cfg.batch_size)   # this rank's share of the global batch
+    model = distributed.sync_batch_norm(model.to(proc.device))  # BN over the global batch
+    ddp = distributed.wrap(model, proc)                  # forward/backward through ddp
+    rng = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed))
     ...
     metrics = distributed.all_reduce_mean(metrics)       # same numbers on every rank
-    if distributed.is_main():                            # write checkpoints, metrics, DVCLive
+    if proc.main:                                        # write checkpoints, metrics, DVCLive
         ...
-    distributed.cleanup()
+    distributed.cleanup()                                # in the stage's `cli`, once per process
 """
 
 from __future__ import annotations
@@ -21,14 +23,19 @@ import datetime
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from pipeline.device import pick_device
+from pipeline.errors import ConfigError
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+# Testing aid: when set, every rank saves its final weights there (see `dump_rank_state`).
+RANK_STATE_ENV = "SEMSYNTH_RANK_STATE_DIR"
 
 
 @dataclass(frozen=True)
@@ -97,16 +104,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
+def wrap(model: nn.Module, info: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
     """DistributedDataParallel when distributed, else the model itself.
 
     Unwrap with `unwrap(model)` before saving a state dict so checkpoints have the same keys
-    whether or not they were trained under torchrun.
+    whether or not they were trained under torchrun. `find_unused_parameters` only for models
+    holding parameters their forward never uses (it costs a graph search every step).
     """
     if not info.distributed:
         return model
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -134,19 +144,32 @@ def shard(indices: Sequence[int]) -> list[int]:
     return list(indices[rank() :: world_size()])
 
 
-def per_rank_batch(global_batch: int) -> int:
-    """Split a global batch size over ranks, so the effective batch is the same with N processes."""
+def per_rank_batch(global_batch: int, key: str = "batch size") -> int:
+    """Split a global batch size over ranks, so the effective batch is the same with N processes.
+
+    Equal shares also make DDP's gradient average (a mean of per-rank means) the global mean.
+    """
     w = world_size()
     if global_batch % w:
-        raise ValueError(
-            f"batch size {global_batch} does not divide over {w} processes; "
+        raise ConfigError(
+            f"{key} {global_batch} does not divide over {w} processes; "
             f"use a multiple of {w} or another --nproc_per_node"
         )
     return global_batch // w
 
 
+def rank_seed(seed: int) -> int:
+    """Seed of this rank's random stream: `seed` itself on rank 0 (so a run alone is unchanged),
+    a distinct seed derived from (seed, rank) on the others, so ranks draw different data."""
+    r = rank()
+    if r == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, r]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Mean of each metric over ranks (fp64, same key order on every rank); identity when alone."""
+    """Mean of each metric over ranks (reduced in fp64, in sorted key order so every rank packs
+    the same tensor); identity when alone."""
     if not active():
         return {k: float(v) for k, v in metrics.items()}
     keys = sorted(metrics)
@@ -154,14 +177,171 @@ def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
     t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=backend_device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= world_size()
-    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+    mean = dict(zip(keys, t.tolist(), strict=True))
+    return {k: mean[k] for k in metrics}  # the caller's key order, as alone
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks in place (e.g. confusion matrices, pixel counts); returns it."""
-    if active():
+    """Sum a tensor over ranks in place (e.g. confusion matrices, pixel counts); returns it.
+
+    nccl only reduces GPU tensors: a CPU tensor makes a round trip through the GPU.
+    """
+    if not active():
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        on_gpu = tensor.cuda()
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        tensor.copy_(on_gpu)
+    else:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` stacked into [world_size, *shape] (on every rank); [1, ...] alone."""
+    if not active():
+        return tensor[None].clone()
+    device = "cuda" if dist.get_backend() == "nccl" else tensor.device
+    local = tensor.to(device).contiguous()
+    out = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(out, local)
+    return torch.stack(out).to(tensor.device)
+
+
+# ---- random streams in checkpoints ------------------------------------------------------------
+
+
+def rng_state(rng: torch.Generator) -> torch.Tensor:
+    """The checkpointable state of each rank's CPU generator: [S] alone (as before), [W, S] under
+    torchrun (rank r's state in row r). A collective: every rank must call it."""
+    state = rng.get_state()
+    return state if not active() else all_gather(state)
+
+
+def set_rng_state(rng: torch.Generator, state: torch.Tensor, seed: int, step: int) -> bool:
+    """Restore this rank's generator from `rng_state`'s output; True when exact.
+
+    A checkpoint from a different number of processes cannot be continued exactly: each rank
+    then starts a fresh stream seeded by (seed, step, rank) and False is returned.
+    """
+    if state.dim() == 1 and world_size() == 1:
+        rng.set_state(state)
+        return True
+    if state.dim() == 2 and len(state) == world_size():
+        rng.set_state(state[rank()].clone())  # a copy: set_state crashes on a view
+        return True
+    fresh = int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1)
+    rng.manual_seed(rank_seed(fresh))
+    return False
+
+
+# ---- batch norm over the global batch ---------------------------------------------------------
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """all_reduce(SUM) for autograd: every rank's input feeds every rank's output, so the input's
+    gradient is the sum over ranks of the output's gradients (another all_reduce)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics span the global batch (every rank's share).
+
+    torch's nn.SyncBatchNorm refuses CPU tensors, so gloo runs could not use it; this one works on
+    both backends. Each rank computes its per-channel mean and variance (two-pass, stable), the
+    [W, 2C + 1] table of (mean, var, count) is filled by an autograd-aware all-reduce, and the
+    rows are combined with the parallel-variance formula. Backward all-reduces the statistics'
+    gradients, as torch's SyncBatchNorm does, so every rank must run the same training-mode
+    forwards. Eval mode (running stats) is plain BatchNorm2d and talks to no one. `post` holds
+    what a fused norm-act layer (timm's BatchNormAct2d) applies after normalising. The state dict
+    keys are BatchNorm2d's, so checkpoints do not change.
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d, post: nn.Module | None = None):
+        super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        self.weight, self.bias = bn.weight, bn.bias  # the same Parameters: optimisers stay valid
+        self.running_mean, self.running_var = bn.running_mean, bn.running_var
+        self.num_batches_tracked = bn.num_batches_tracked
+        self.post = post if post is not None else nn.Identity()
+        self.train(bn.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world_size() > 1):
+            return self.post(super().forward(x))
+        c = x.shape[1]
+        xf = x.float()
+        var, mean = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)  # [C] each
+        count = xf.new_full((1,), xf.numel() // c)
+        table = xf.new_zeros(world_size(), 2 * c + 1)
+        table[rank()] = torch.cat([mean, var, count])
+        table = _AllReduceSum.apply(table)  # [W, 2C + 1]: every rank's row
+        means, variances, counts = table[:, :c], table[:, c : 2 * c], table[:, 2 * c :]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (counts * (variances + (means - mean).square())).sum(0) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum
+                if momentum is None:  # cumulative average, as BatchNorm2d does
+                    momentum = 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var * n / (n - 1).clamp(min=1), momentum)  # unbiased
+        y = (xf - mean[:, None, None]) * torch.rsqrt(var + self.eps)[:, None, None]
+        if self.affine:
+            y = y * self.weight[:, None, None] + self.bias[:, None, None]
+        return self.post(y.to(x.dtype))
+
+
+def sync_batch_norm(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm2d in `module` for `SyncBatchNorm2d` when more than one process trains;
+    the module itself, untouched, alone. Call before wrapping in DDP; returns `module`."""
+    if world_size() == 1:
+        return module
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SyncBatchNorm2d):
+                setattr(parent, name, SyncBatchNorm2d(child, _after_norm(child)))
+    return module
+
+
+def _after_norm(bn: nn.BatchNorm2d) -> nn.Module | None:
+    """What a BatchNorm2d applies after normalising: nothing, or timm's BatchNormAct2d drop + act."""
+    if type(bn) is nn.BatchNorm2d:
+        return None
+    from timm.layers import BatchNormAct2d
+
+    tail = nn.Sequential(bn.drop, bn.act) if type(bn) is BatchNormAct2d else None
+    if tail is None or any(True for _ in tail.state_dict()):
+        raise TypeError(
+            f"cannot synchronise {type(bn).__name__}: only nn.BatchNorm2d and timm's "
+            "BatchNormAct2d with a stateless activation are supported"
+        )
+    return tail
+
+
+def dump_rank_state(**state_dicts: Mapping[str, torch.Tensor]) -> None:
+    """Testing aid: with $SEMSYNTH_RANK_STATE_DIR set, save this rank's state dicts (e.g. model,
+    ema, discriminator) to DIR/rank{r}.pt, so a test can check that DDP kept the ranks
+    identical. A no-op otherwise; stages call it once, after training."""
+    folder = os.environ.get(RANK_STATE_ENV)
+    if not folder:
+        return
+    path = Path(folder) / f"rank{rank()}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu = {k: {n: t.detach().cpu() for n, t in sd.items()} for k, sd in state_dicts.items()}
+    torch.save(cpu, path)
 
 
 def cleanup() -> None:

@@ -5,6 +5,10 @@ Writes `OUT/generator.pt` (model, EMA, discriminator, optimizers, step, RNG stat
 latest state, so an interrupted run resumes where it stopped), sample grids `OUT/samples*.png`,
 `metrics/train_masks.json` (mask-quality metrics of EMA samples against the val masks) and
 DVCLive curves. `load_mask_generator` and `sample_masks` are what the generate stage calls.
+
+Under `torchrun --nproc_per_node N` the same loop runs data-parallel: each rank draws its
+batch_size / N share of every global batch from its own seeded stream, G and D are wrapped in
+DDP for the steps that update them, and rank 0 alone writes and evaluates.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from models.semgan import (
     one_hot,
     r1_penalty,
 )
+from pipeline import distributed
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.classes import ClassTable
 from pipeline.config import ConfigError, section, to_dict
-from pipeline.device import autocast, pick_device, use_channels_last
+from pipeline.device import autocast, use_channels_last
 from pipeline.errors import DatasetError, SemsynthError
 from pipeline.io_utils import atomic_write_bytes, write_metrics
 from pipeline.metrics.masks import mask_quality
@@ -274,10 +279,15 @@ def train_masks(
 
     `stop_after_steps` ends the run early after that many total steps, with a checkpoint, as an
     interruption would (the next call resumes from it).
+
+    Under torchrun: `cfg.batch_size` stays the global batch (each rank trains on its share), the
+    step and image counts are global, and ranks > 0 return {} (rank 0 evaluates and writes).
     """
     from dvclive import Live
 
-    device = pick_device(cfg.device)
+    proc = distributed.init(cfg.device)
+    device = proc.device
+    batch = distributed.per_rank_batch(cfg.batch_size, "train_masks.batch_size")
     table = load_class_table(cfg.data)
     real = fill_void(load_masks(cfg.data, "train"), table.num_classes)
     eval_split = "val" if "val" in splits(cfg.data) else "train"
@@ -297,8 +307,9 @@ def train_masks(
         "colors": table.colors.tolist(),
     }
 
-    # Networks, optimisers, EMA copy. One CPU torch.Generator drives every random draw
+    # Networks, optimisers, EMA copy. One CPU torch.Generator per rank drives every random draw
     # (batches, flips, latents, noise), and is checkpointed, so a resumed run continues exactly.
+    # Rank 0's stream is the one a run alone draws; other ranks draw from streams of their own.
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global state untouched
         torch.manual_seed(cfg.seed)
         try:
@@ -312,7 +323,7 @@ def train_masks(
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-    rng = torch.Generator().manual_seed(cfg.seed)
+    rng = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed))
     step, images_seen = 0, 0
 
     out = Path(cfg.out)
@@ -332,10 +343,23 @@ def train_masks(
         D.load_state_dict(ckpt["discriminator"])
         opt_g.load_state_dict(ckpt["optimizer"]["g"])
         opt_d.load_state_dict(ckpt["optimizer"]["d"])
-        rng.set_state(ckpt["rng"])
         step, images_seen = int(ckpt["step"]), int(ckpt["images_seen"])
+        exact = distributed.set_rng_state(rng, ckpt["rng"], cfg.seed, step)
+        if not exact and proc.main:
+            print(
+                f"train_masks: {ckpt_path} was written by another number of processes; "
+                "resuming with fresh random streams"
+            )
+
+    # DDP wrappers: forward through G_ddp / D_ddp only in the step that updates that network,
+    # so DDP averages exactly the gradients an optimiser uses; G, D are the same modules unwrapped
+    # (the same objects when alone).
+    G_ddp, D_ddp = distributed.wrap(G, proc), distributed.wrap(D, proc)
 
     def save(final: bool) -> None:
+        rng_states = distributed.rng_state(rng)  # every rank's stream: all ranks call this
+        if not proc.main:
+            return
         save_checkpoint(
             ckpt_path,
             {
@@ -345,7 +369,7 @@ def train_masks(
                 "optimizer": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
                 "step": step,
                 "images_seen": images_seen,
-                "rng": rng.get_state(),
+                "rng": rng_states,
                 "arch": arch,
                 "config": to_dict(cfg),
                 "finished": final,
@@ -365,9 +389,9 @@ def train_masks(
     next_snapshot = images_seen + cfg.snapshot_kimg * 1000
 
     def real_batch() -> torch.Tensor:
-        ids = real_t[torch.randint(n_real, (cfg.batch_size,), generator=rng)]
+        ids = real_t[torch.randint(n_real, (batch,), generator=rng)]
         if cfg.flip:
-            flip = torch.rand(cfg.batch_size, generator=rng) < 0.5
+            flip = torch.rand(batch, generator=rng) < 0.5
             ids = torch.where(flip[:, None, None], ids.flip(-1), ids)
         ids = ids.to(device)
         if semgan:  # one-hot, optionally moved off the corners of the simplex
@@ -385,25 +409,31 @@ def train_masks(
         return F.softmax(g_out.float(), dim=1)
 
     def noise() -> torch.Tensor:
-        return torch.randn(cfg.batch_size, cfg.latent_dim, generator=rng).to(device)
+        return torch.randn(batch, cfg.latent_dim, generator=rng).to(device)
 
-    live = Live(dir=cfg.live_dir, save_dvc_exp=False, dvcyaml=None, resume=resumed)
+    live = (
+        Live(dir=cfg.live_dir, save_dvc_exp=False, dvcyaml=None, resume=resumed)
+        if proc.main
+        else None
+    )
     bar = tqdm(
-        total=total, initial=min(images_seen, total), unit="img", disable=not progress,
-        desc=f"train_masks ({cfg.kind})",
+        total=total, initial=min(images_seen, total), unit="img",
+        disable=not progress or not proc.main, desc=f"train_masks ({cfg.kind})",
     )  # fmt: skip
     t0, seen0 = time.perf_counter(), images_seen
     log_d, log_g, log_r1 = [], [], []
     while images_seen < total and (stop_after_steps is None or step < stop_after_steps):
-        # D step: logistic loss on reals vs detached fakes, plus lazy R1 on reals.
+        # D step: logistic loss on reals vs detached fakes, plus lazy R1 on reals. R1 takes the
+        # gradient with respect to the inputs only, so DDP's hooks on D's parameters fire once,
+        # in the backward of the whole loss, which averages the R1 term's gradients too.
         x_real = real_batch()
         do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
         x_real.requires_grad_(do_r1)
         with autocast(device, cfg.bf16):
             with torch.no_grad():
                 x_fake = to_d(G(noise()))
-            real_logits = D(x_real)
-            fake_logits = D(x_fake.to(memory_format=fmt))
+            real_logits = D_ddp(x_real)
+            fake_logits = D_ddp(x_fake.to(memory_format=fmt))
             loss_d = d_logistic_loss(real_logits, fake_logits)
             if do_r1:  # gradient penalty kept in fp32 (r1_penalty casts)
                 r1 = r1_penalty(real_logits, x_real)
@@ -413,32 +443,41 @@ def train_masks(
         loss_d.backward()
         opt_d.step()
 
-        # G step: non-saturating loss through D.
+        # G step: non-saturating loss through D, frozen (its gradients would be discarded).
+        D.requires_grad_(False)
         with autocast(device, cfg.bf16):
-            loss_g = g_nonsaturating_loss(D(to_d(G(noise())).to(memory_format=fmt)))
+            loss_g = g_nonsaturating_loss(D(to_d(G_ddp(noise())).to(memory_format=fmt)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        D.requires_grad_(True)
 
-        # EMA of G as a lerp; with no batch statistics in G there are no buffers to copy.
+        # EMA of G as a lerp; with no batch statistics in G there are no buffers to copy. G's
+        # weights are the same on every rank after the step, so the EMA is too.
         with torch.no_grad():
             for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - beta)
 
-        # Progress counted in real images shown to D.
+        # Progress counted in real images shown to D (over all ranks: the global batch).
         step += 1
         images_seen += cfg.batch_size
         bar.update(cfg.batch_size)
         log_d.append(loss_d.item())
         log_g.append(loss_g.item())
         if images_seen >= next_log:
-            live.step = step
-            live.log_metric("kimg", images_seen / 1000)
-            live.log_metric("loss_d", float(np.mean(log_d)))
-            live.log_metric("loss_g", float(np.mean(log_g)))
+            # Curves: each rank's window mean, averaged over ranks (same numbers everywhere).
+            means = {"loss_d": float(np.mean(log_d)), "loss_g": float(np.mean(log_g))}
             if log_r1:
-                live.log_metric("r1", float(np.mean(log_r1)))
-            bar.set_postfix(d=f"{np.mean(log_d):.3f}", g=f"{np.mean(log_g):.3f}")
+                means["r1"] = float(np.mean(log_r1))
+            means = distributed.all_reduce_mean(means)
+            if proc.main:
+                live.step = step
+                live.log_metric("kimg", images_seen / 1000)
+                live.log_metric("loss_d", means["loss_d"])
+                live.log_metric("loss_g", means["loss_g"])
+                if "r1" in means:
+                    live.log_metric("r1", means["r1"])
+            bar.set_postfix(d=f"{means['loss_d']:.3f}", g=f"{means['loss_g']:.3f}")
             log_d, log_g, log_r1 = [], [], []
             next_log += cfg.log_kimg * 1000
         if images_seen >= next_snapshot:
@@ -448,8 +487,13 @@ def train_masks(
     seconds = time.perf_counter() - t0
     finished = images_seen >= total
     save(final=finished)
+    distributed.dump_rank_state(
+        model=G.state_dict(), ema=G_ema.state_dict(), discriminator=D.state_dict()
+    )
+    if not proc.main:
+        return {}
 
-    # Metrics of EMA samples against the held-out real masks.
+    # Metrics of EMA samples against the held-out real masks (rank 0 only; the others are done).
     fake, dist = sample_masks_and_distance(
         G_ema, cfg.eval_samples, seed=cfg.seed + 1, bf16=cfg.bf16
     )
@@ -487,4 +531,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
     cfg = section(params, SECTION, TrainMasksConfig)
-    return train_masks(cfg, progress=not getattr(args, "quiet", False))
+    try:
+        return train_masks(cfg, progress=not getattr(args, "quiet", False))
+    finally:
+        distributed.cleanup()  # leaves the process group under torchrun; a no-op alone

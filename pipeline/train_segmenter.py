@@ -8,6 +8,10 @@ model is scored on the real held-out split (test if the dataset has one, else va
 
 Every batch and its augmentation are a pure function of (seed, step), so a run resumed from its
 checkpoint sees exactly the batches an uninterrupted run would have seen.
+
+Under `torchrun --nproc_per_node N` every rank builds that same global batch and trains on its
+strided share (every N-th sample), through DDP, with batch norm over the global batch; the
+held-out score is computed on a shard per rank and summed; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import torch
 from tqdm import tqdm
 
 from models.segmenter import ARCHS, ENCODERS, build_segmenter, segmentation_loss
+from pipeline import distributed
 from pipeline.augment import AugmentConfig, augment
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import ConfigError, section, to_dict
-from pipeline.device import autocast, pick_device, use_channels_last
+from pipeline.device import autocast, use_channels_last
 from pipeline.errors import DatasetError
 from pipeline.io_utils import write_metrics
 from pipeline.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
@@ -206,7 +211,11 @@ def predict(
 
 def score(pred: np.ndarray, masks: np.ndarray, names: list[str], ignore_index: int) -> dict:
     """mIoU, pixel accuracy and `iou_<class>` (classes absent from both left out)."""
-    cm = confusion_matrix(pred, masks, len(names), ignore_index)
+    return score_confusion(confusion_matrix(pred, masks, len(names), ignore_index), names)
+
+
+def score_confusion(cm: np.ndarray, names: list[str]) -> dict:
+    """`score` from a confusion matrix (e.g. one summed over ranks)."""
     out = {"miou": mean_iou(cm), "pixel_acc": pixel_accuracy(cm)}
     for name, v in zip(names, iou_per_class(cm), strict=True):
         if np.isfinite(v):
@@ -231,7 +240,11 @@ def train_segmenter(
     resume: bool = True,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train one run into `out_dir/model.pt`; returns (and writes) its held-out metrics."""
+    """Train one run into `out_dir/model.pt`; returns (and writes) its held-out metrics.
+
+    Under torchrun: `cfg.batch_size` stays the global batch (each rank trains on its share), the
+    seen counts are global, and ranks > 0 return {} (rank 0 writes).
+    """
     t0 = time.perf_counter()
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r} is unknown; valid: {list(MODES)}")
@@ -239,7 +252,9 @@ def train_segmenter(
     name = run_name(mode, seed, frac)
     out_dir = Path(out_dir)
     metrics_path = Path(metrics_path or Path(cfg.metrics_dir) / f"{name}.json")
-    device = pick_device(cfg.device)
+    proc = distributed.init(cfg.device)
+    device = proc.device
+    distributed.per_rank_batch(cfg.batch_size, "train_segmenter.batch_size")  # equal shares
     torch.manual_seed(seed)  # smp initialises its decoder from the global generator
 
     # Data: the real labels kept (seeded subset), and the synthetic pool in real_synth mode.
@@ -273,6 +288,9 @@ def train_segmenter(
     # Model, optimizer; resume from an unfinished checkpoint of the same run.
     weights = encoder_state_dict(cfg.encoder, cfg.encoder_weights)
     model = build_segmenter(cfg.arch, cfg.encoder, table.num_classes, weights).to(device)
+    # Under torchrun batch norm takes its statistics over the global batch: a rank's share can be
+    # a handful of images, too few for BN, and the running stats then agree on every rank.
+    model = distributed.sync_batch_norm(model)
     channels_last = use_channels_last(device, cfg.bf16)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -296,21 +314,32 @@ def train_segmenter(
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             start, seen = int(ckpt["step"]), list(ckpt["seen"])
-            print(f"train_segmenter {name}: resuming at step {start}/{cfg.steps}")
+            if proc.main:
+                print(f"train_segmenter {name}: resuming at step {start}/{cfg.steps}")
+    # Forward and backward through ddp; `model` stays the unwrapped module. timm encoders keep
+    # their classifier's conv_head and bn2, which smp's feature extractor never uses: DDP must
+    # be told to expect parameters without gradients.
+    ddp = distributed.wrap(model, proc, find_unused_parameters=True)
 
     from dvclive import Live
 
-    live = Live(
-        dir=str(live_dir or Path(cfg.live_dir) / name),
-        resume=start > 0,
-        save_dvc_exp=False,
-        dvcyaml=None,
-    )
+    live = None
+    if proc.main:  # rank 0 alone writes curves, checkpoints and metrics
+        live = Live(
+            dir=str(live_dir or Path(cfg.live_dir) / name),
+            resume=start > 0,
+            save_dvc_exp=False,
+            dvcyaml=None,
+        )
     names = table.names
 
     def heldout_scores() -> dict:
-        pred = predict(model, h_images)  # fp32, as `evaluate` scores it
-        return score(pred, h_masks, names, table.ignore_index)
+        # Each rank predicts its strided shard (all of it alone); the confusion matrices add up.
+        shard = distributed.shard(range(len(h_masks)))
+        pred = predict(model, h_images[shard])  # fp32, as `evaluate` scores it
+        cm = confusion_matrix(pred, h_masks[shard], len(names), table.ignore_index)
+        cm = distributed.all_reduce_sum(torch.from_numpy(cm)).numpy()
+        return score_confusion(cm, names)
 
     def save(step: int, final: bool) -> None:
         state = {"model": model.state_dict(), "step": step, "seen": seen, "config": meta}
@@ -319,7 +348,12 @@ def train_segmenter(
         save_checkpoint(ckpt_path, state)
 
     t_train = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc=f"segmenter {name}", disable=not progress, leave=False)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=f"segmenter {name}",
+        disable=not progress or not proc.main,
+        leave=False,
+    )
     for step in bar:
         # Batch: real and synthetic indices, then one augmentation draw, all seeded by step.
         ri, si = batch_indices(step, cfg.batch_size, synth_fraction, n_real, n_synth, seed)
@@ -329,9 +363,13 @@ def train_segmenter(
             x, y = torch.cat([x, xs]), torch.cat([y, ys])
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         # EfficientNet's stochastic depth draws from torch's global generator: seeding it per
-        # step keeps a resumed run on the same path as an uninterrupted one
-        torch.manual_seed(seed * 1_000_003 + step)
+        # step keeps a resumed run on the same path as an uninterrupted one (and per rank, so
+        # ranks drop different paths; alone the seed is seed * 1_000_003 + step)
+        torch.manual_seed((seed * 1_000_003 + step) * proc.world_size + proc.rank)
         x, y = augment(x, y, cfg.augment, gen, table.ignore_index)
+        # Under torchrun every rank built the same global batch; each keeps every N-th sample
+        # (real and synthetic alike, as the batch mixes them). Alone this keeps the whole batch.
+        x, y = x[proc.rank :: proc.world_size], y[proc.rank :: proc.world_size]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
 
@@ -340,7 +378,7 @@ def train_segmenter(
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
         with autocast(device, cfg.bf16):
-            logits = model(x)
+            logits = ddp(x)
         loss = segmentation_loss(logits, y, table.ignore_index, cfg.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -348,21 +386,28 @@ def train_segmenter(
         seen[0] += len(ri)
         seen[1] += len(si)
 
-        # Logs and checkpoints.
-        loss_value = loss.item()
-        live.log_metric("train/loss", loss_value)
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            live.log_metric("heldout/miou", heldout_scores()["miou"])
-        live.next_step()
+        # Logs (the loss averaged over ranks, the held-out score computed by all) and
+        # checkpoints, written by rank 0.
+        loss_value = distributed.all_reduce_mean({"loss": loss.item()})["loss"]
+        eval_now = cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps
+        miou = heldout_scores()["miou"] if eval_now else None
         bar.set_postfix(loss=f"{loss_value:.3f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            save(step + 1, final=False)
+        if proc.main:
+            live.log_metric("train/loss", loss_value)
+            if miou is not None:
+                live.log_metric("heldout/miou", miou)
+            live.next_step()
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                save(step + 1, final=False)
     train_seconds = time.perf_counter() - t_train
 
     # Final: score on the real held-out split, write the weights-only model and the metrics.
     t_eval = time.perf_counter()
     scores = heldout_scores()
     eval_seconds = time.perf_counter() - t_eval
+    distributed.dump_rank_state(model=model.state_dict())
+    if not proc.main:
+        return {}
     live.log_metric("heldout/miou", scores["miou"])
     live.end()
     save(cfg.steps, final=True)
@@ -407,17 +452,22 @@ def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
         raise ConfigError(f"--real-fraction {frac} must be in (0, 1]")
     name = run_name(args.mode, args.seed, frac)
     out = Path(args.out or Path(cfg.out) / name)
-    metrics = train_segmenter(
-        cfg,
-        Path(args.real_dir or cfg.real_dir),
-        Path(args.synth_dir or cfg.synth_dir),
-        out,
-        args.mode,
-        args.seed,
-        real_fraction=frac,
-        resume=not args.restart,
-        progress=not args.quiet,
-    )
+    try:
+        metrics = train_segmenter(
+            cfg,
+            Path(args.real_dir or cfg.real_dir),
+            Path(args.synth_dir or cfg.synth_dir),
+            out,
+            args.mode,
+            args.seed,
+            real_fraction=frac,
+            resume=not args.restart,
+            progress=not args.quiet,
+        )
+    finally:
+        distributed.cleanup()  # leaves the process group under torchrun; a no-op alone
+    if not metrics:  # ranks > 0 under torchrun: rank 0 reports
+        return metrics
     print(
         f"segmenter {name}: held-out mIoU {metrics['miou']:.4f}, pixel acc "
         f"{metrics['pixel_acc']:.4f}; {int(metrics['real_seen'])} real + "

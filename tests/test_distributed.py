@@ -36,9 +36,10 @@ def test_alone_everything_is_a_noop(monkeypatch: pytest.MonkeyPatch) -> None:
 # single-process run on the full batch. Metrics are all-reduced; only rank 0 writes the file.
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import copy, json, sys
     import torch
     from pipeline import distributed
+    from pipeline.errors import ConfigError
 
     dist = distributed.init("cpu")
     g = torch.Generator().manual_seed(0)
@@ -64,6 +65,47 @@ SCRIPT = textwrap.dedent(
     weights = distributed.unwrap(model).weight.detach().flatten().tolist()
     out = {"metrics": metrics, "weights": weights, "world": dist.world_size,
            "backend": dist.backend, "main": distributed.is_main()}
+
+    # Batch norm over the global batch: each rank normalises its half of x with the statistics of
+    # all of it, so outputs, gradients and running stats equal plain BN on the whole batch
+    # (parameter gradients summed over ranks; DDP would average them). timm's fused BN + act too.
+    from timm.layers import BatchNormAct2d
+    torch.manual_seed(2)
+    full = torch.nn.Sequential(torch.nn.BatchNorm2d(3), BatchNormAct2d(3, act_layer=torch.nn.ReLU))
+    with torch.no_grad():
+        for p in full.parameters():
+            p.uniform_(0.5, 1.5)
+    synced = distributed.sync_batch_norm(copy.deepcopy(full))
+    x = torch.randn(8, 3, 5, 5, generator=g) * 2 + 3
+    w = torch.randn(8, 3, 5, 5, generator=g)
+    x_all, x_mine = x.clone().requires_grad_(True), x[dist.rank::dist.world_size].clone().requires_grad_(True)
+    ref = full(x_all)
+    (ref * w).sum().backward()
+    y = synced(x_mine)
+    (y * w[dist.rank::dist.world_size]).sum().backward()
+    err = lambda a, b: float((a - b).abs().max())
+    bn = {"types": [type(m).__name__ for m in synced],
+          "out": err(y, ref[dist.rank::dist.world_size]),
+          "grad_x": err(x_mine.grad, x_all.grad[dist.rank::dist.world_size]),
+          "grad_w": max(err(distributed.all_reduce_sum(a.grad.clone()), b.grad)
+                        for a, b in zip(synced.parameters(), full.parameters())),
+          "stats": max(err(a, b) for a, b in zip(synced.buffers(), full.buffers())),
+          "keys": list(synced.state_dict()) == list(full.state_dict())}
+    out["bn"] = bn
+
+    # Random streams: distinct per rank, checkpointed together, restored exactly.
+    rng = torch.Generator().manual_seed(distributed.rank_seed(5))
+    state = distributed.rng_state(rng)
+    draw = torch.rand(3, generator=rng).tolist()
+    again = torch.Generator()
+    exact = distributed.set_rng_state(again, state, seed=5, step=0)
+    out["rng"] = {"shape": list(state.shape), "draw": draw, "exact": exact,
+                  "restored": torch.rand(3, generator=again).tolist() == draw}
+    try:
+        distributed.per_rank_batch(7, "stage.batch_size")
+        out["odd_batch"] = None
+    except ConfigError as e:
+        out["odd_batch"] = str(e)
     with open(f"{sys.argv[1]}/rank{dist.rank}.json", "w") as f:
         json.dump(out, f)
     distributed.cleanup()
@@ -107,3 +149,15 @@ def test_torchrun_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
     assert ranks[0]["metrics"]["seen"] == pytest.approx(20.0)  # 5 steps x 4 samples per rank
     assert single["metrics"]["seen"] == pytest.approx(40.0)
     assert single["backend"] is None
+    # SyncBatchNorm2d: the full batch's BN (and plain BN alone), same state dict keys.
+    assert ranks[0]["bn"]["types"] == ["SyncBatchNorm2d", "SyncBatchNorm2d"]
+    assert single["bn"]["types"] == ["BatchNorm2d", "BatchNormAct2d"]  # alone: untouched
+    for r in [*ranks, single]:
+        assert r["bn"]["keys"]
+        assert max(r["bn"][k] for k in ("out", "grad_x", "grad_w", "stats")) < 1e-4, r["bn"]
+    # Random streams: one per rank (rank 0's is the run alone's), all saved, each restored.
+    assert [r["rng"]["shape"][0] for r in ranks] == [2, 2] and len(single["rng"]["shape"]) == 1
+    assert ranks[0]["rng"]["draw"] == single["rng"]["draw"] != ranks[1]["rng"]["draw"]
+    assert all(r["rng"]["exact"] and r["rng"]["restored"] for r in [*ranks, single])
+    assert "stage.batch_size 7 does not divide over 2 processes" in ranks[0]["odd_batch"]
+    assert single["odd_batch"] is None

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from models.oasis import OASISGenerator, SNConv2d, UNetDiscriminator, preset_widths
+from models.oasis import (
+    OASISGenerator,
+    SNConv2d,
+    UNetDiscriminator,
+    conv3x3_pool2,
+    conv3x3_up2,
+    preset_widths,
+)
 from pipeline.checkpoint import save_checkpoint
 from pipeline.train_images import load_image_generator, onehot, synthesize
 
@@ -45,6 +55,90 @@ def test_fast_noise_path_equals_concatenation() -> None:
         fast, slow = g(lab, z), g(lab, z, fast_noise=False)
     assert torch.allclose(fast, slow, atol=1e-5)
     assert not torch.allclose(g(lab, z), g(lab, torch.randn(2, 8)))
+
+
+def test_fast_noise_path_at_1_pixel_and_in_training() -> None:
+    # init size 1x2: the border corrections of the noise conv overlap (first row = last row);
+    # training mode: batch statistics, one power iteration per forward, the same gradients
+    g = _generator(height=8, width=16, widths=[16, 16, 8, 8, 8])
+    assert g.init_size == (1, 2)
+    lab, z = onehot(torch.randint(0, 5, (3, 8, 16)), 5), torch.randn(3, 8)
+    g_slow = copy.deepcopy(g)
+    fast, slow = g(lab, z), g_slow(lab, z, fast_noise=False)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    fast.square().sum().backward()
+    slow.square().sum().backward()
+    for (name, p), q in zip(g.named_parameters(), g_slow.parameters(), strict=True):
+        # (fc.bias: zero up to rounding, BN removes it)
+        assert (p.grad - q.grad).norm() <= 1e-4 * q.grad.norm() + 1e-4, name
+
+
+@pytest.mark.parametrize("size", [(5, 7), (1, 3), (8, 8)])
+def test_resampling_folded_into_3x3_convs(size) -> None:
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 6, *size), torch.randn(4, 6, 3, 3), torch.randn(4)
+    up = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    assert torch.allclose(conv3x3_up2(x, w, b), up, atol=1e-4)
+    assert torch.allclose(conv3x3_up2(x, w, None), up - b[:, None, None], atol=1e-4)
+    x2 = torch.randn(2, 6, 2 * size[0], 2 * size[1])
+    pooled = F.avg_pool2d(F.conv2d(x2, w, b, padding=1), 2)
+    assert torch.allclose(conv3x3_pool2(x2, w, b), pooled, atol=1e-4)
+
+
+def test_discriminator_fast_resampling_equals_published_order() -> None:
+    # 32x32 input, 3 levels: folded convs at the 32 and 16 px levels, plain ones below
+    torch.manual_seed(0)
+    d = UNetDiscriminator(5, [8, 16, 16])
+    d_slow = copy.deepcopy(d)
+    img = torch.rand(2, 3, 32, 32, requires_grad=True)
+    fast, slow = d(img), d_slow(img, fast_resample=False)  # training mode: power iterations
+    assert torch.allclose(fast, slow, atol=1e-5)
+    g_fast = torch.autograd.grad(fast.square().sum(), [img, *d.parameters()])
+    g_slow = torch.autograd.grad(slow.square().sum(), [img, *d_slow.parameters()])
+    for a, b in zip(g_fast, g_slow, strict=True):
+        assert (a - b).norm() <= 1e-4 * b.norm() + 1e-5
+
+
+def test_spectral_norm_output_scaling_and_channels_last_weights() -> None:
+    # a 1x1 map: the conv divides its output by sigma instead of the weight (same function);
+    # a channels-last weight runs the power iteration on a permuted view, same u, v and sigma
+    torch.manual_seed(0)
+    conv = SNConv2d(16, 8, 3, padding=1)
+    conv_cl = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 1, 1)
+    for _ in range(3):
+        y, y_cl = conv(x), conv_cl(x.contiguous(memory_format=torch.channels_last))
+    conv.eval()  # sigma from the stored u, v: those of the last training forward
+    ref = F.conv2d(x, conv.normalized_weight(), conv.bias, padding=1)
+    assert torch.allclose(y, ref, atol=1e-6) and torch.allclose(y_cl, y, atol=1e-6)
+    assert torch.allclose(conv.u, conv_cl.u, atol=1e-6) and torch.allclose(
+        conv.v, conv_cl.v, atol=1e-6
+    )
+
+
+def test_bf16_channels_last_fast_path_matches_fp32_published_path() -> None:
+    # the fast path (bf16 autocast, channels-last, folded noise and resampling) against fp32 NCHW
+    # computed in the published order, on warmed-up networks: bf16 tolerance
+    g = _generator(height=32, width=32, widths=[32, 16, 16, 8])
+    d = UNetDiscriminator(5, [8, 16, 16])
+    mask, z = torch.randint(0, 5, (4, 32, 32)), torch.randn(4, 8)
+    with torch.no_grad():
+        for _ in range(3):  # power iterations and BN statistics
+            d(g(onehot(mask, 5), z))
+    g.eval()
+    d.eval()
+    with torch.no_grad():
+        ref_img = g(onehot(mask, 5), z, fast_noise=False)
+        ref_logits = d(ref_img, fast_resample=False)
+        g.to(memory_format=torch.channels_last)
+        d.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            img = g(onehot(mask, 5, channels_last=True), z)
+            logits = d(ref_img.contiguous(memory_format=torch.channels_last))
+    assert img.is_contiguous(memory_format=torch.channels_last)
+    assert (img.float() - ref_img).abs().max() < 0.02  # measured 0.005, as bf16 in OASIS order
+    rel = (logits.float() - ref_logits).norm() / ref_logits.norm()
+    assert rel < 0.01  # measured 0.003
 
 
 def test_spatial_noise_and_no_noise() -> None:

@@ -1,0 +1,271 @@
+"""The three training stages under `torchrun --nproc_per_node 2` (gloo on CPU): one code path.
+
+Each test launches a real 2-process run of `python -m pipeline.cli STAGE` (what the `semsynth`
+console script runs) on tiny data and checks what DDP must get right: the run exits 0; rank 0
+alone writes the checkpoint, the metrics and the curves; the checkpoint loads weights-only with
+the keys of a run alone (no `module.` prefixes); the image budget is the global one, not doubled;
+and both ranks end with identical weights. For the last check every rank saves its final state
+dicts to $SEMSYNTH_RANK_STATE_DIR/rank{r}.pt (a testing aid: nothing is written without it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from pipeline import distributed
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def write_params(folder: Path, section: str, values: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump({section: values}))
+    return path
+
+
+def torchrun(stage: str, params: Path, *args: str, nproc: int = 2) -> tuple[str, list[dict]]:
+    """Run `semsynth STAGE` as `nproc` gloo processes; (stdout, each rank's final state dicts)."""
+    ranks = params.parent / "ranks"
+    env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_VARS}
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO),
+        DVC_NO_ANALYTICS="1",
+        **{distributed.RANK_STATE_ENV: str(ranks)},
+    )
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "pipeline.cli", stage,
+        "--params", str(params), "--quiet", *args,
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=params.parent, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    states = [torch.load(ranks / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
+    return proc.stdout, states
+
+
+def assert_ranks_identical(states: list[dict]) -> None:
+    """DDP kept every rank's weights and buffers bit-identical (not merely close)."""
+    first, *others = states
+    for other in others:
+        assert first.keys() == other.keys()
+        for net in first:
+            assert first[net].keys() == other[net].keys()
+            for k, v in first[net].items():
+                assert torch.equal(v, other[net][k]), f"{net}.{k} differs between ranks"
+
+
+def key_tree(obj: Any) -> Any:
+    """The nested dict keys of a checkpoint (tensors and other values left out)."""
+    if isinstance(obj, dict):
+        return {k: key_tree(v) for k, v in obj.items()}
+    return None
+
+
+def assert_same_layout(ddp_ckpt: dict, alone_ckpt: dict, nets: tuple[str, ...]) -> None:
+    assert key_tree(ddp_ckpt) == key_tree(alone_ckpt)
+    for net in nets:
+        assert not [k for k in ddp_ckpt[net] if k.startswith("module.")]
+        for k, v in alone_ckpt[net].items():
+            assert ddp_ckpt[net][k].shape == v.shape and ddp_ckpt[net][k].dtype == v.dtype, k
+
+
+def run_alone(stage: str, params: Path) -> None:
+    """`semsynth STAGE` in this process, on one thread like each torchrun worker (on a few shared
+    cores more threads only spin and wait)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([stage, "--params", str(params), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---- train_masks: SemGAN (G/D, lazy R1, EMA), and resume ---------------------------------------
+
+
+def masks_params(tiny_shapes: Path, run: Path) -> dict[str, Any]:
+    return {
+        "data": str(tiny_shapes),
+        "out": str(run / "out"),
+        "metrics": str(run / "metrics" / "train_masks.json"),
+        "live_dir": str(run / "live"),
+        "kimg": 0.08,  # 10 global steps of 8 (4 per rank)
+        "batch_size": 8,
+        "latent_dim": 16,
+        "g_channels": 32,
+        "d_channels": 8,
+        "r1_interval": 2,  # R1's double backward through DDP on every other D step
+        "snapshot_kimg": 0.04,
+        "log_kimg": 0.016,
+        "eval_samples": 16,
+        "min_component": 4,
+        "device": "cpu",
+        "bf16": False,
+        "gumbel": True,
+        "real_noise": 0.05,
+    }
+
+
+def test_train_masks_under_torchrun_and_resume(tiny_shapes: Path, tmp_path: Path) -> None:
+    # Stopped after 6 of 10 global steps, then resumed: every rank's random stream, the
+    # optimisers and the EMA come back from rank 0's checkpoint. (test_distributed checks that the
+    # streams are restored exactly; with them a straight 10-step run ends with the same weights.)
+    run = tmp_path / "ddp"
+    params = write_params(run, "train_masks", masks_params(tiny_shapes, run))
+    _, part = torchrun("train-masks", params, "--set", "train_masks.kimg=0.048")
+    assert_ranks_identical(part)
+    assert load(run / "out" / "generator.pt")["step"] == 6
+    stdout, states = torchrun("train-masks", params)
+    assert_ranks_identical(states)
+
+    # Rank 0 alone wrote: one checkpoint, one metrics file, one set of curves, one stdout report.
+    assert files(run / "metrics") == ["train_masks.json"]
+    assert files(run / "out") == ["generator.pt", "grids/samples-000000kimg.png", "samples.png"]
+    assert stdout.count('"kimg"') == 1
+    metrics = json.loads((run / "metrics" / "train_masks.json").read_text())
+    ckpt = load(run / "out" / "generator.pt")
+    # The budget is the global one: 80 images in 10 steps of 8, not 160.
+    assert (ckpt["images_seen"], ckpt["step"]) == (80, 10)
+    assert metrics["kimg"] == 0.08 and metrics["steps"] == 10 and metrics["finished"] == 1
+    loss_curve = run / "live" / "plots" / "metrics" / "loss_d.tsv"
+    assert len(loss_curve.read_text().split()) == 2 + 2 * 5  # one point per 16 global images
+    # The checkpoint holds the weights both ranks ended with, and every rank's random stream.
+    for net in ("model", "ema", "discriminator"):
+        assert all(torch.equal(v, states[0][net][k]) for k, v in ckpt[net].items())
+    assert ckpt["rng"].shape[0] == 2 and not torch.equal(ckpt["rng"][0], ckpt["rng"][1])
+
+    # Same checkpoint layout as a run alone (rng aside: one stream per rank).
+    alone = tmp_path / "alone"
+    params = write_params(alone, "train_masks", masks_params(tiny_shapes, alone))
+    run_alone("train-masks", params)
+    assert_same_layout(
+        ckpt, load(alone / "out" / "generator.pt"), ("model", "ema", "discriminator")
+    )
+
+
+# ---- train_images: OASIS (G/D, LabelMix, EMA with BN refresh, FID on rank 0) -------------------
+
+
+def images_params(tiny_shapes: Path, run: Path) -> dict[str, Any]:
+    return {
+        "data": str(tiny_shapes),
+        "out": str(run / "out"),
+        "metrics": str(run / "metrics" / "train_images.json"),
+        "live_dir": str(run / "live"),
+        "g_ch": 4,
+        "d_ch": 4,
+        "spade_hidden": 8,
+        "z_dim": 8,
+        "batch_size": 4,  # 2 per rank: G's batch norm must see the global batch
+        "total_images": 40,
+        "log_every_images": 8,
+        "sample_every_images": 20,
+        "checkpoint_every_images": 20,
+        "bn_refresh_batches": 2,
+        "fid_images": 4,
+        "grid_rows": 2,
+        "grid_seeds": 2,
+        "ema_halflife_images": 20,
+        "device": "cpu",
+        "bf16": False,
+    }
+
+
+def test_train_images_under_torchrun(tiny_shapes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    params = write_params(run, "train_images", images_params(tiny_shapes, run))
+    stdout, states = torchrun("train-images", params)
+    # Weights, EMA and every buffer (synchronised BN running stats, spectral-norm vectors) agree.
+    assert_ranks_identical(states)
+
+    assert files(run / "metrics") == ["train_images.json"]
+    assert files(run / "out") == [
+        "checkpoint.pt", "grid.png", "samples/final.png", "samples/grid_00000020.png",
+        "samples/grid_00000040.png",
+    ]  # fmt: skip
+    assert stdout.count("train_images: 40 images") == 1
+    metrics = json.loads((run / "metrics" / "train_images.json").read_text())
+    assert metrics["images_seen"] == 40 and metrics["fid"] > 0  # FID by rank 0
+    ckpt = load(run / "out" / "checkpoint.pt")
+    assert (ckpt["images_seen"], ckpt["step"]) == (40, 10)
+    loss_curve = run / "live" / "plots" / "metrics" / "train" / "loss_g.tsv"
+    assert len(loss_curve.read_text().split()) == 2 + 2 * 5  # one point per 8 global images
+    for net in ("model", "ema", "discriminator"):
+        assert all(torch.equal(v, states[0][net][k]) for k, v in ckpt[net].items())
+
+    alone = tmp_path / "alone"
+    params = write_params(
+        alone, "train_images", images_params(tiny_shapes, alone) | {"fid_images": 0}
+    )
+    run_alone("train-images", params)
+    assert_same_layout(
+        ckpt, load(alone / "out" / "checkpoint.pt"), ("model", "ema", "discriminator")
+    )
+
+
+# ---- train_segmenter: supervised smp model (SyncBN, sharded held-out score) --------------------
+
+
+def segmenter_params(tiny_shapes: Path, run: Path) -> dict[str, Any]:
+    return {
+        "encoder_weights": None,
+        "steps": 4,
+        "batch_size": 6,
+        "bf16": False,
+        "device": "cpu",
+        "checkpoint_every": 2,
+        "eval_every": 2,
+        "real_dir": str(tiny_shapes),
+        "out": str(run / "out"),
+        "metrics_dir": str(run / "metrics"),
+        "live_dir": str(run / "live"),
+    }
+
+
+def test_train_segmenter_under_torchrun(tiny_shapes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    params = write_params(run, "train_segmenter", segmenter_params(tiny_shapes, run))
+    stdout, states = torchrun("train-segmenter", params)
+    # Parameters and batch-norm running stats agree (statistics over the global batch).
+    assert_ranks_identical(states)
+
+    assert files(run / "metrics") == ["real-seed0.json"]
+    assert files(run / "out") == ["real-seed0/model.pt"]
+    assert stdout.count("held-out mIoU") == 1
+    metrics = json.loads((run / "metrics" / "real-seed0.json").read_text())
+    assert metrics["real_seen"] == 24 and metrics["steps"] == 4  # 4 steps of 6, not 48
+    assert 0 <= metrics["miou"] <= 1
+    miou_curve = run / "live" / "real-seed0" / "plots" / "metrics" / "heldout" / "miou.tsv"
+    assert len(miou_curve.read_text().split()) == 2 + 2 * 2  # step 2 (all ranks) and the end
+    ckpt = load(run / "out" / "real-seed0" / "model.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.equal(v, states[0]["model"][k]) for k, v in ckpt["model"].items())
+
+    alone = tmp_path / "alone"
+    params = write_params(alone, "train_segmenter", segmenter_params(tiny_shapes, alone))
+    run_alone("train-segmenter", params)
+    assert_same_layout(ckpt, load(alone / "out" / "real-seed0" / "model.pt"), ("model",))
