@@ -18,13 +18,8 @@ that one compare.
 
 Timings are wall clock, torch's default threads, ours and the reference called in alternation so
 that other processes' load hits both alike (the 1-minute load average is recorded with each row).
-Set before torch is imported (an explicit environment variable wins):
-- THP_MEM_ALLOC_ENABLE=1: torch's CPU allocator backs large tensors with transparent huge pages;
-  otherwise each fresh multi-MB activation is page-faulted in 4 KiB at a time (~25% of synthesis
-  time on the 2-core VM this was written on);
-- OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep instead of spinning between parallel regions. On
-  cores shared with other processes a spinning thread keeps its core from the thread everyone
-  waits for: 2-4x slower synthesis at load 5 on 2 cores, against a few µs per op when idle.
+The CLI's CPU runtime defaults (pipeline/cpu_env.py: passive OpenMP waiting, huge pages) are
+set before torch is imported, as in a pipeline run.
 
     python -m bench.images            # all sizes (slow: the fp32 paper preset at 128x192)
     python -m bench.images --quick    # 64x64 only, short timings
@@ -32,14 +27,14 @@ Set before torch is imported (an explicit environment variable wins):
 
 from __future__ import annotations
 
-import os
+from pipeline import cpu_env
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read once, at torch's first allocation
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when OpenMP starts (see above)
+cpu_env.apply_defaults()  # before torch is imported
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import copy  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402

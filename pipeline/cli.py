@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 
-# Before torch loads (stage modules import it lazily): OpenMP threads that sleep instead of
-# spinning when idle (2-4x faster when other jobs share the cores, measured in bench.images), and
-# huge pages for large tensors (fewer page-fault stalls on fresh activations). Set yours to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+from pipeline import cpu_env
+from pipeline.errors import SemsynthError
 
-from pipeline.errors import SemsynthError  # noqa: E402
+# Before torch loads (stage modules import it lazily).
+cpu_env.apply_defaults()
 
 STAGES: dict[str, tuple[str, str]] = {
     "prepare": ("pipeline.prepare", "read a source dataset, validate, resize, split, write shards"),
@@ -86,6 +83,14 @@ def stage_parser(stage: str) -> tuple[argparse.ArgumentParser, object]:
     return p, module
 
 
+def _leave_process_group() -> None:
+    """Under torchrun a training stage joined a process group (pipeline.distributed.init): leave
+    it once, however the stage ended. A stage that never imported the module joined nothing."""
+    distributed = sys.modules.get("pipeline.distributed")
+    if distributed is not None:
+        distributed.cleanup()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
@@ -109,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        _leave_process_group()
     if metrics:
         print(json.dumps(metrics, indent=2))
     return 0

@@ -162,9 +162,12 @@ def rank_seed(seed: int) -> int:
     """Seed of this rank's random stream: `seed` itself on rank 0 (so a run alone is unchanged),
     a distinct seed derived from (seed, rank) on the others, so ranks draw different data."""
     r = rank()
-    if r == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, r]).generate_state(1, np.uint64)[0] >> 1)
+    return seed if r == 0 else _derived_seed(seed, r)
+
+
+def _derived_seed(*parts: int) -> int:
+    """A well-mixed non-negative 63-bit seed from integers (numpy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
 
 
 def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -230,8 +233,7 @@ def set_rng_state(rng: torch.Generator, state: torch.Tensor, seed: int, step: in
     if state.dim() == 2 and len(state) == world_size():
         rng.set_state(state[rank()].clone())  # a copy: set_state crashes on a view
         return True
-    fresh = int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1)
-    rng.manual_seed(rank_seed(fresh))
+    rng.manual_seed(rank_seed(_derived_seed(seed, step)))
     return False
 
 

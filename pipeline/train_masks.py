@@ -531,7 +531,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
     cfg = section(params, SECTION, TrainMasksConfig)
-    try:
-        return train_masks(cfg, progress=not getattr(args, "quiet", False))
-    finally:
-        distributed.cleanup()  # leaves the process group under torchrun; a no-op alone
+    return train_masks(cfg, progress=not getattr(args, "quiet", False))

@@ -452,20 +452,17 @@ def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
         raise ConfigError(f"--real-fraction {frac} must be in (0, 1]")
     name = run_name(args.mode, args.seed, frac)
     out = Path(args.out or Path(cfg.out) / name)
-    try:
-        metrics = train_segmenter(
-            cfg,
-            Path(args.real_dir or cfg.real_dir),
-            Path(args.synth_dir or cfg.synth_dir),
-            out,
-            args.mode,
-            args.seed,
-            real_fraction=frac,
-            resume=not args.restart,
-            progress=not args.quiet,
-        )
-    finally:
-        distributed.cleanup()  # leaves the process group under torchrun; a no-op alone
+    metrics = train_segmenter(
+        cfg,
+        Path(args.real_dir or cfg.real_dir),
+        Path(args.synth_dir or cfg.synth_dir),
+        out,
+        args.mode,
+        args.seed,
+        real_fraction=frac,
+        resume=not args.restart,
+        progress=not args.quiet,
+    )
     if not metrics:  # ranks > 0 under torchrun: rank 0 reports
         return metrics
     print(
