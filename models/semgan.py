@@ -55,16 +55,35 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * torch.rsqrt(x.square().mean(1, keepdim=True) + eps)
 
 
-class UpBlock(nn.Module):
-    """x2 nearest upsampling, then two 3x3 convs (the first a CoordConv), LeakyReLU, pixel norm."""
+NORMS = ("batch", "pixel")
 
-    def __init__(self, cin: int, cout: int):
+
+class UpBlock(nn.Module):
+    """x2 nearest upsampling, then two 3x3 convs (the first a CoordConv), each normalised and
+    followed by LeakyReLU.
+
+    norm "batch" (DCGAN): conv → BatchNorm → LeakyReLU. norm "pixel" (PGGAN): conv → LeakyReLU →
+    pixel norm. Batch norm is the default because it is what kept G from collapsing here: with
+    pixel norm both the softmax and the RGB generator collapsed to one map (all background)
+    within ~100 steps on `shapes`, while the same G with batch norm kept the real class count
+    and diversity (README, "SemGAN collapse"). Batch statistics couple the samples of a batch,
+    which penalises a batch of identical maps directly.
+    """
+
+    def __init__(self, cin: int, cout: int, norm: str = "batch"):
         super().__init__()
+        self.norm = norm
         self.conv1 = CoordConv2d(cin, cout, 3, padding=1)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        # Identity for pixel norm keeps that variant's state-dict keys those of a plain block.
+        self.n1 = nn.BatchNorm2d(cout) if norm == "batch" else nn.Identity()
+        self.n2 = nn.BatchNorm2d(cout) if norm == "batch" else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if self.norm == "batch":
+            x = F.leaky_relu(self.n1(self.conv1(x)), 0.2)
+            return F.leaky_relu(self.n2(self.conv2(x)), 0.2)
         x = pixel_norm(F.leaky_relu(self.conv1(x), 0.2))
         return pixel_norm(F.leaky_relu(self.conv2(x), 0.2))
 
@@ -102,7 +121,11 @@ def _channels(base: int, level: int, minimum: int = 16) -> int:
 
 
 class MaskGenerator(nn.Module):
-    """Latent [B, latent_dim] → C class logits (SemGAN) or a tanh RGB colour map (baseline)."""
+    """Latent [B, latent_dim] → C class logits (SemGAN) or a tanh RGB colour map (baseline).
+
+    With norm "batch" the output depends on the batch in train mode only; sample in eval mode
+    (running statistics, refreshed for EMA weights) so each sample depends on its latent alone.
+    """
 
     def __init__(
         self,
@@ -113,10 +136,13 @@ class MaskGenerator(nn.Module):
         latent_dim: int = 128,
         channels: int = 256,
         colors: torch.Tensor | None = None,
+        norm: str = "batch",
     ):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown mask generator kind {kind!r}; valid kinds: {list(KINDS)}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown generator norm {norm!r}; valid norms: {list(NORMS)}")
         levels = num_levels(height, width)
         if levels == 0:
             raise ValueError(
@@ -131,7 +157,7 @@ class MaskGenerator(nn.Module):
 
         self.fc = nn.Linear(latent_dim, channels * self.h0 * self.w0)
         self.blocks = nn.ModuleList(
-            UpBlock(_channels(channels, i), _channels(channels, i + 1)) for i in range(levels)
+            UpBlock(_channels(channels, i), _channels(channels, i + 1), norm) for i in range(levels)
         )
         out_channels = num_classes if kind == "semgan" else 3
         self.to_out = CoordConv2d(_channels(channels, levels), out_channels, 3, padding=1)

@@ -52,7 +52,7 @@ from pipeline.shards import iter_split, load_class_table, splits
 SECTION = "train_masks"
 CHECKPOINT = "generator.pt"
 # Architecture keys: a checkpoint can only resume (or load) with the same values.
-ARCH_KEYS = ("kind", "latent_dim", "g_channels", "d_channels", "mbstd_group")
+ARCH_KEYS = ("kind", "latent_dim", "g_channels", "g_norm", "d_channels", "mbstd_group")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,13 @@ class TrainMasksConfig:
     batch_size: int = field(default=16, metadata={"help": "maps per D and G step"})
     latent_dim: int = 128
     g_channels: int = field(default=128, metadata={"help": "G width at the lowest resolution"})
+    g_norm: Literal["batch", "pixel"] = field(
+        default="batch",
+        metadata={"help": "G normalisation: batch (DCGAN; default) | pixel (PGGAN; collapses)"},
+    )
+    bn_refresh_batches: int = field(
+        default=16, metadata={"help": "batches that re-estimate the EMA G's batch-norm stats"}
+    )
     d_channels: int = field(default=16, metadata={"help": "D width at full resolution"})
     mbstd_group: int = field(
         default=4,
@@ -137,6 +144,10 @@ class TrainMasksConfig:
             raise ConfigError("train_masks.snapshot_kimg and log_kimg must be > 0, ema_kimg >= 0")
         if self.mbstd_group < 0:
             raise ConfigError(f"train_masks.mbstd_group must be >= 0, got {self.mbstd_group}")
+        if self.bn_refresh_batches < 1:
+            raise ConfigError(
+                f"train_masks.bn_refresh_batches must be >= 1, got {self.bn_refresh_batches}"
+            )
         if self.eval_samples < 2 or self.min_component < 1:
             raise ConfigError("train_masks.eval_samples must be >= 2, min_component >= 1")
 
@@ -188,6 +199,7 @@ def build_generator(arch: dict[str, Any]) -> MaskGenerator:
         latent_dim=arch["latent_dim"],
         channels=arch["g_channels"],
         colors=colors,
+        norm=arch.get("g_norm", "pixel"),  # checkpoints from before g_norm existed: pixel
     )
 
 
@@ -199,6 +211,32 @@ def load_mask_generator(path: str | Path, device: torch.device | str = "cpu") ->
     g = build_generator(ckpt["arch"])
     g.load_state_dict(ckpt["ema"])
     return g.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def refresh_batch_norm(generator: MaskGenerator, batches: int, batch_size: int, seed: int) -> None:
+    """Re-estimate the BN running stats of (EMA) weights from `batches` train-mode passes on
+    seeded latents (exact average), then leave G in eval mode.
+
+    The EMA averages weights, not statistics: the stats G gathered while training belong to
+    other weights, and samples drawn with them were visibly wrong (all background).
+    """
+    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms:
+        generator.eval()
+        return
+    device = next(generator.parameters()).device
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    rng = torch.Generator().manual_seed(seed)
+    generator.train()
+    for _ in range(batches):
+        generator(torch.randn(batch_size, generator.latent_dim, generator=rng).to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    generator.eval()
 
 
 def latent(seed: int, index: int, dim: int) -> torch.Tensor:
@@ -302,6 +340,7 @@ def train_masks(
         "width": width,
         "latent_dim": cfg.latent_dim,
         "g_channels": cfg.g_channels,
+        "g_norm": cfg.g_norm,
         "d_channels": cfg.d_channels,
         "mbstd_group": cfg.mbstd_group,
         "colors": table.colors.tolist(),
@@ -317,6 +356,7 @@ def train_masks(
         except ValueError as e:
             raise DatasetError(f"{cfg.data}: {e}") from None
         D = MaskDiscriminator(c if semgan else 3, height, width, cfg.d_channels, cfg.mbstd_group)
+    G = distributed.sync_batch_norm(G)  # one set of batch statistics over all ranks
     channels_last = use_channels_last(device, cfg.bf16)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
@@ -358,6 +398,8 @@ def train_masks(
 
     def save(final: bool) -> None:
         rng_states = distributed.rng_state(rng)  # every rank's stream: all ranks call this
+        # Deterministic and local: every rank refreshes, so the EMA stays the same everywhere.
+        refresh_batch_norm(G_ema, cfg.bn_refresh_batches, batch, cfg.seed)
         if not proc.main:
             return
         save_checkpoint(

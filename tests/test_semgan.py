@@ -25,6 +25,7 @@ from pipeline.train_masks import (
     TrainMasksConfig,
     fill_void,
     load_mask_generator,
+    refresh_batch_norm,
     sample_masks,
     sample_masks_and_distance,
     train_masks,
@@ -144,6 +145,32 @@ def test_sample_masks_is_deterministic_and_independent_of_batching():
     np.testing.assert_array_equal(a, sample_masks(g, 10, seed=3, batch_size=7))
     np.testing.assert_array_equal(a[6:], sample_masks(g, 4, seed=3, batch_size=3, start=6))
     assert not np.array_equal(a, sample_masks(g, 10, seed=4))
+
+
+def test_refresh_batch_norm_estimates_the_stats_of_the_current_weights():
+    torch.manual_seed(0)
+    g = MaskGenerator("semgan", 4, 16, 16, latent_dim=8, channels=16)
+    bn = g.blocks[0].n1
+    bn.running_mean.fill_(5.0)  # stale statistics, as an EMA copy carries from other weights
+    seen = []
+    g.blocks[0].conv1.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    refresh_batch_norm(g, batches=3, batch_size=4, seed=7)
+    assert not g.training
+    assert len(seen) == 3
+    x = torch.cat(seen)  # 3 batches of 4: the exact average over all of them
+    torch.testing.assert_close(bn.running_mean, x.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in seen]).mean(0)
+    torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-4)
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    refresh_batch_norm(g, batches=3, batch_size=4, seed=7)  # deterministic for a seed
+    for k, v in g.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert g.blocks[0].n1.momentum == 0.1  # the training momentum is restored
+    pixel = MaskGenerator("semgan", 4, 16, 16, latent_dim=8, channels=16, norm="pixel")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pixel.modules())
+    refresh_batch_norm(pixel, batches=1, batch_size=2, seed=0)  # nothing to refresh: no error
+    with pytest.raises(ValueError, match="norm"):
+        MaskGenerator("semgan", 4, 16, 16, norm="layer")
 
 
 def test_sample_rgb_baseline_returns_distance():
