@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,6 +304,28 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if self.affine:
             y = y * self.weight[:, None, None] + self.bias[:, None, None]
         return self.post(y.to(x.dtype))
+
+
+@torch.no_grad()
+def recompute_batch_norm(module: nn.Module, forward: Callable[[], object], batches: int) -> None:
+    """Re-estimate every BatchNorm2d's running stats in `module` as the exact average over
+    `batches` train-mode calls of `forward` (which runs `module` on one batch), then leave the
+    module in eval mode with the training momentum restored.
+
+    An EMA averages weights, not statistics: the stats gathered while training belong to other
+    weights, so EMA generators need this before they sample.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    module.train()
+    for _ in range(batches if norms else 0):
+        forward()
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    module.eval()
 
 
 def sync_batch_norm(module: nn.Module) -> nn.Module:

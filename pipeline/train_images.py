@@ -221,25 +221,15 @@ def refresh_batch_norm(
     if batches == 0:
         return
     device = next(generator.parameters()).device
-    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    generator.train()
-    for _ in range(batches):
+    channels_last = use_channels_last(device, bf16)
+
+    def forward() -> None:
         idx = torch.randint(len(masks), (batch_size,), generator=rng)
         z = torch.randn(batch_size, *generator.noise_shape(), generator=rng).to(device)
         with autocast(device, bf16):
-            generator(
-                onehot(
-                    masks[idx].to(device), generator.num_classes, use_channels_last(device, bf16)
-                ),
-                z,
-            )
-    for m, mom in zip(norms, momenta, strict=True):
-        m.momentum = mom
-    generator.eval()
+            generator(onehot(masks[idx].to(device), generator.num_classes, channels_last), z)
+
+    distributed.recompute_batch_norm(generator, forward, batches)
 
 
 def sample_grid(

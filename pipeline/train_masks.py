@@ -221,22 +221,13 @@ def refresh_batch_norm(generator: MaskGenerator, batches: int, batch_size: int, 
     The EMA averages weights, not statistics: the stats G gathered while training belong to
     other weights, and samples drawn with them were visibly wrong (all background).
     """
-    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    if not norms:
-        generator.eval()
-        return
     device = next(generator.parameters()).device
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
     rng = torch.Generator().manual_seed(seed)
-    generator.train()
-    for _ in range(batches):
+
+    def forward() -> None:
         generator(torch.randn(batch_size, generator.latent_dim, generator=rng).to(device))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    generator.eval()
+
+    distributed.recompute_batch_norm(generator, forward, batches)
 
 
 def latent(seed: int, index: int, dim: int) -> torch.Tensor:
