@@ -1,4 +1,4 @@
-"""OASIS ablation in one command: LabelMix on/off x 3D noise on/off.
+"""OASIS ablation in one command: LabelMix on/off x 3D noise on/off (or bf16 vs fp32 training).
 
 Trains each variant with the same settings (params.yaml `train_images`, shorter by default) on a
 prepared dataset and reports FID on the held-out split, diversity across seeds for the same mask
@@ -7,6 +7,9 @@ trained segmenter is given, synth_miou_ratio (mIoU on synthesised held-out image
 
     python -m bench.oasis_ablation --data data/prepared [--images 6000] [--segmenter PATH]
     python -m bench.oasis_ablation --quick      # tiny budget: a smoke run, numbers meaningless
+    python -m bench.oasis_ablation --set precision --name oasis_precision
+                                                # bf16 vs fp32 training, 2 seeds each: is the
+                                                # FID difference within seed-to-seed noise?
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ VARIANTS = {
     "no 3D noise": {"labelmix_weight": 10.0, "z_dim": 0},
     "neither": {"labelmix_weight": 0.0, "z_dim": 0},
 }
+# bf16 autocast (where the CPU / GPU is fast at it) against fp32, two training seeds each, so the
+# precision's effect on FID can be read against the seed-to-seed spread
+PRECISION = {
+    f"{'bf16' if bf16 else 'fp32'} seed {seed}": {"bf16": bf16, "seed": seed}
+    for bf16 in (True, False)
+    for seed in (0, 1)
+}
+SETS = {"ablation": VARIANTS, "precision": PRECISION}
 
 
 def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -79,6 +90,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=None, help="training images per variant")
     p.add_argument("--segmenter", default=None, help="real-trained segmenter for synth_miou_ratio")
     p.add_argument("--quick", action="store_true", help="tiny budget smoke run")
+    p.add_argument("--set", default="ablation", choices=list(SETS), help="which variants to train")
     p.add_argument("--name", default="oasis_ablation", help="result file name")
     args = p.parse_args()
 
@@ -113,7 +125,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, change in VARIANTS.items():
+        for name, change in SETS[args.set].items():
             cfg = dataclasses.replace(base, **change)
             out = Path(tmp) / name.replace(" ", "_")
             m = train_images(
@@ -125,7 +137,8 @@ def main() -> None:
                 live_dir=out / "live",
             )
             g = load_image_generator(out / "checkpoint.pt")
-            pair = synthesize(g, val_masks[:n_div], seed=1, n_per_mask=2)
+            bf16 = cfg.bf16  # synthesis in the precision the variant trained in
+            pair = synthesize(g, val_masks[:n_div], seed=1, n_per_mask=2, bf16=bf16)
             row = {
                 "variant": name,
                 "fid": m.get("fid", float("nan")),
@@ -133,7 +146,7 @@ def main() -> None:
                 "train_img_s": m["train_images_per_s"],
             }
             if seg is not None:
-                fake = synthesize(g, val_masks, seed=0)[:, 0]
+                fake = synthesize(g, val_masks, seed=0, bf16=bf16)[:, 0]
                 row["synth_miou_ratio"] = miou(fake) / miou_real
             rows.append(row)
             print_table([row])
@@ -141,9 +154,28 @@ def main() -> None:
     print_table(rows)
     path = save(
         args.name,
-        {"rows": rows, "data": args.data, "total_images": images, "quick": args.quick},
+        {
+            "rows": rows,
+            "set": args.set,
+            "data": args.data,
+            "total_images": images,
+            "quick": args.quick,
+        },
     )
     print(f"wrote {path}")
+    if args.set == "precision":
+        fid = {k: [r["fid"] for r in rows if r["variant"].startswith(k)] for k in ("bf16", "fp32")}
+        spread = max(abs(v[0] - v[1]) for v in fid.values())
+        gap = abs(float(np.mean(fid["bf16"])) - float(np.mean(fid["fp32"])))
+        speed = [
+            float(np.mean([r["train_img_s"] for r in rows if r["variant"].startswith(k)]))
+            for k in ("bf16", "fp32")
+        ]
+        print(
+            f"FID bf16 {np.mean(fid['bf16']):.1f} vs fp32 {np.mean(fid['fp32']):.1f} (gap {gap:.1f}; "
+            f"seed-to-seed spread up to {spread:.1f}); training {speed[0] / speed[1]:.2f}x fp32's img/s"
+        )
+        return
     full, no_noise = rows[0], rows[2]
     print(
         f"FID full {full['fid']:.1f} vs no LabelMix {rows[1]['fid']:.1f}; MS-SSIM between seeds "

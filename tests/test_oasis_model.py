@@ -141,6 +141,37 @@ def test_bf16_channels_last_fast_path_matches_fp32_published_path() -> None:
     assert rel < 0.01  # measured 0.003
 
 
+def test_bf16_generator_never_mixes_fp32_into_full_size_maps() -> None:
+    # An fp32 operand in an op on a bf16 activation makes the kernel upcast the whole map and
+    # cast it back: that once cost 60% of bf16 synthesis time (the SPADE noise term). Record
+    # every op on activations of at least one full block map and require one float dtype per op.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    g = _generator(height=32, width=32, widths=[32, 16, 16, 8]).eval()
+    g.to(memory_format=torch.channels_last)
+    mask, z = torch.randint(0, 5, (4, 32, 32)), torch.randn(4, 8)
+    big = 4 * 8 * 32 * 32  # the smallest full-resolution activation
+    mixed: list[str] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            # batch norm's kernel takes bf16 maps with fp32 statistics natively (no copies)
+            native = "batch_norm" in str(func)
+            if (
+                not native
+                and any(t.numel() >= big for t in tensors)
+                and len({t.dtype for t in tensors}) > 1
+            ):
+                mixed.append(f"{func}: {[(t.dtype, tuple(t.shape)) for t in tensors]}")
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), Record():
+        img = g(onehot(mask, 5, channels_last=True), z)
+    assert img.dtype == torch.bfloat16
+    assert not mixed, mixed
+
+
 def test_spatial_noise_and_no_noise() -> None:
     g = _generator(spatial_noise=True)
     assert g.noise_shape() == (8, 16, 24)
