@@ -164,16 +164,14 @@ def main() -> None:
     )
     print(f"wrote {path}")
     if args.set == "precision":
-        fid = {k: [r["fid"] for r in rows if r["variant"].startswith(k)] for k in ("bf16", "fp32")}
+        by = {k: [r for r in rows if r["variant"].startswith(k)] for k in ("bf16", "fp32")}
+        fid = {k: [r["fid"] for r in v] for k, v in by.items()}
+        speed = {k: float(np.mean([r["train_img_s"] for r in v])) for k, v in by.items()}
         spread = max(abs(v[0] - v[1]) for v in fid.values())
         gap = abs(float(np.mean(fid["bf16"])) - float(np.mean(fid["fp32"])))
-        speed = [
-            float(np.mean([r["train_img_s"] for r in rows if r["variant"].startswith(k)]))
-            for k in ("bf16", "fp32")
-        ]
         print(
             f"FID bf16 {np.mean(fid['bf16']):.1f} vs fp32 {np.mean(fid['fp32']):.1f} (gap {gap:.1f}; "
-            f"seed-to-seed spread up to {spread:.1f}); training {speed[0] / speed[1]:.2f}x fp32's img/s"
+            f"seed-to-seed spread up to {spread:.1f}); training {speed['bf16'] / speed['fp32']:.2f}x fp32's img/s"
         )
         return
     full, no_noise = rows[0], rows[2]
