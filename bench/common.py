@@ -1,12 +1,15 @@
-"""Helpers shared by benchmarks: result files, tables, peak memory of a child process."""
+"""Helpers shared by benchmarks: result files, tables, peak memory of a child process, and how
+much of the CPU other processes took while a benchmark ran."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +19,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict[str, Any]:
     import torch
 
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), ""
+    )
+    flags = set(info.split())
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        # which bf16 path: a 2048^2 bf16 matmul on 2 cores ran at 2.5 TFLOP/s with AMX and 0.36 with
+        # AVX512-BF16 only (bench.images on two machines of this workplace)
         "amx_bf16": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_1min": os.getloadavg()[0],
     }
@@ -63,3 +74,42 @@ def peak_rss_mib():
     c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return s / 1024, c / 1024
 """
+
+
+def _busy_jiffies() -> int | None:
+    """CPU time of every process on the machine (/proc/stat, all cores), in clock ticks."""
+    try:
+        fields = open("/proc/stat").readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def _own_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class OtherLoad:
+    """Share of the machine's CPU time that other processes used between start() and share().
+
+    The load average cannot tell: it counts the benchmark's own threads and lags by minutes.
+    Here the machine's busy time (/proc/stat) minus this process's (and its children's) CPU time,
+    over wall time x cores: 0.0 = the benchmark had the machine alone, 0.5 = half of it was taken.
+    """
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self._t, self._busy, self._own = time.perf_counter(), _busy_jiffies(), _own_seconds()
+
+    def share(self) -> float | None:
+        busy = _busy_jiffies()
+        if busy is None or self._busy is None:
+            return None
+        wall = (time.perf_counter() - self._t) * (os.cpu_count() or 1)
+        other = (busy - self._busy) / os.sysconf("SC_CLK_TCK") - (_own_seconds() - self._own)
+        return max(0.0, other) / wall if wall > 0 else None

@@ -17,7 +17,8 @@ issue was measured on) are compared as ratios; "fp32 ref vs published" tells how
 that one compare.
 
 Timings are wall clock, torch's default threads, ours and the reference called in alternation so
-that other processes' load hits both alike (the 1-minute load average is recorded with each row).
+that other processes' load hits both alike (the share of the CPU other processes took during each
+case is recorded with its rows: bench.common.OtherLoad).
 The CLI's CPU runtime defaults (pipeline/cpu_env.py: passive OpenMP waiting, huge pages) are
 set before torch is imported, as in a pipeline run.
 
@@ -41,7 +42,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from bench.common import print_table, save  # noqa: E402
+from bench.common import OtherLoad, print_table, save  # noqa: E402
 from models.oasis import OASISGenerator, UNetDiscriminator, preset_widths  # noqa: E402
 from models.oasis_losses import (  # noqa: E402
     discriminator_loss,
@@ -59,7 +60,9 @@ CASES = [
     # name, preset, g_ch, d_ch, spade_hidden, classes, H, W
     ("default 64x64", "small", 8, 16, 32, 7, 64, 64),
     ("paper ch16 64x64", "paper", 16, 64, 128, 8, 64, 64),
+    ("paper ch32 64x64", "paper", 32, 64, 128, 8, 64, 64),
     ("default 128x192", "small", 8, 16, 32, 12, 128, 192),
+    ("paper ch16 128x192", "paper", 16, 64, 128, 12, 128, 192),
     ("paper ch32 128x192", "paper", 32, 64, 128, 12, 128, 192),
 ]
 CL, NCHW = torch.channels_last, torch.contiguous_format
@@ -177,12 +180,12 @@ def prepare(case: tuple, ours: bool, bf16: bool) -> dict:
 def bench_case(case: tuple, bf16: bool, seconds: float) -> list[dict]:
     """Rows for ours and the fp32 reference, each workload timed with both in alternation."""
     runs = [prepare(case, True, bf16), prepare(case, False, False)]
+    other = OtherLoad()
     for what in ("synth", "train"):
         fns, per_call = zip(*(r[what] for r in runs), strict=True)
         for r, speed in zip(runs, _timed_together(fns, seconds, per_call), strict=True):
             r["row"][f"{what}_img_s"] = speed
-    load = os.getloadavg()[0]
-    return [{**r["row"], "load_1min": load} for r in runs]
+    return [{**r["row"], "other_cpu": other.share()} for r in runs]
 
 
 def main() -> None:
@@ -198,13 +201,13 @@ def main() -> None:
     seconds = args.seconds or (2.0 if args.quick else 6.0)
     cases = [c for c in CASES if not args.quick or c[6] == 64]
     bf16 = cpu_has_fast_bf16()
-    load_before = os.getloadavg()[0]
+    whole_run = OtherLoad()
     mm = {"fp32": _matmul_flops(False, seconds / 2)}
     if bf16:
         mm["bf16"] = _matmul_flops(True, seconds / 2)
     print(
         f"bf16 fast path: {'yes (AMX / AVX512-BF16)' if bf16 else 'no: this CPU lacks AMX and AVX512-BF16, ours runs in fp32'}; "
-        f"{torch.get_num_threads()} threads; load average {load_before:.2f} on {os.cpu_count()} cores"
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
     )
 
     rows = []
@@ -251,16 +254,16 @@ def main() -> None:
                 }
             )
 
-    load_after = os.getloadavg()[0]
+    other = whole_run.share()
     print()
     print(" ".join(f"matmul 2048^2 {k}: {v / 1e12:.3f} TFLOP/s" for k, v in mm.items()))
     print_table(rows)
     print()
     print_table(published)
-    if max(load_before, load_after) > 0.5 * (os.cpu_count() or 1):
+    if other is not None and other > 0.05:
         print(
-            f"note: other processes were running (load average {load_before:.2f} -> "
-            f"{load_after:.2f} on {os.cpu_count()} cores): absolute timings are pessimistic"
+            f"note: other processes took {other:.0%} of the CPU during this run: absolute "
+            "timings are pessimistic (the ratios ours / fp32 ref were timed in alternation)"
         )
     path = save(
         "images",
@@ -269,7 +272,7 @@ def main() -> None:
             "published": published,
             "matmul_flop_s": mm,
             "bf16_fast_path": bf16,
-            "load_1min_before_after": [load_before, load_after],
+            "other_cpu_share": other,
             "seconds": seconds,
             "quick": args.quick,
         },

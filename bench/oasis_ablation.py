@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from bench.common import print_table, save
 from pipeline.config import load_params, section
+from pipeline.metrics.fid import fid as fid_score
 from pipeline.shards import load_class_table, load_split
 from pipeline.train_images import (
     TrainImagesConfig,
@@ -148,6 +149,13 @@ def main() -> None:
             if seg is not None:
                 fake = synthesize(g, val_masks, seed=0, bf16=bf16)[:, 0]
                 row["synth_miou_ratio"] = miou(fake) / miou_real
+            if args.set == "precision":
+                # the same weights synthesising in each precision: isolates inference numerics
+                # from training (the training comparison above also carries seed noise)
+                n = min(cfg.fid_images, len(val_images))
+                for tag, b in (("bf16", True), ("fp32", False)):
+                    fake = synthesize(g, val_masks[:n], seed=cfg.seed, batch_size=32, bf16=b)
+                    row[f"fid_synth_{tag}"] = fid_score(val_images[:n], fake[:, 0])
             rows.append(row)
             print_table([row])
     print()
@@ -169,9 +177,12 @@ def main() -> None:
         speed = {k: float(np.mean([r["train_img_s"] for r in v])) for k, v in by.items()}
         spread = max(abs(v[0] - v[1]) for v in fid.values())
         gap = abs(float(np.mean(fid["bf16"])) - float(np.mean(fid["fp32"])))
+        synth_gap = max(abs(r["fid_synth_bf16"] - r["fid_synth_fp32"]) for r in rows)
         print(
             f"FID bf16 {np.mean(fid['bf16']):.1f} vs fp32 {np.mean(fid['fp32']):.1f} (gap {gap:.1f}; "
-            f"seed-to-seed spread up to {spread:.1f}); training {speed['bf16'] / speed['fp32']:.2f}x fp32's img/s"
+            f"seed-to-seed spread up to {spread:.1f}); same weights synthesising in bf16 vs fp32: "
+            f"FID differs by at most {synth_gap:.2f}; training {speed['bf16'] / speed['fp32']:.2f}x "
+            "fp32's img/s"
         )
         return
     full, no_noise = rows[0], rows[2]

@@ -232,6 +232,12 @@ def refresh_batch_norm(
     distributed.recompute_batch_norm(generator, forward, batches)
 
 
+def grid_indices(n: int, rows: int) -> np.ndarray:
+    """`rows` indices spread evenly over n samples: splits cut from videos (CamVid's val is one
+    sequence) hold runs of near-identical frames, so the first rows would show one scene."""
+    return np.unique(np.linspace(0, n - 1, min(rows, n)).round().astype(int))
+
+
 def sample_grid(
     generator: OASISGenerator, masks: np.ndarray, images: np.ndarray, colors: np.ndarray, seeds: int
 ) -> Image.Image:
@@ -345,11 +351,9 @@ def train_images(
         torch.from_numpy(images_np).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     )  # [N,3,H,W]
     masks_all = torch.from_numpy(masks_np)
-    grid_idx = np.arange(
-        min(cfg.grid_rows, len(val_masks) if val_masks is not None else len(masks_np))
-    )
-    grid_masks = (val_masks if val_masks is not None else masks_np)[grid_idx]
-    grid_real = (val_images if val_images is not None else images_np)[grid_idx]
+    grid_source = (val_images, val_masks) if val_masks is not None else (images_np, masks_np)
+    grid_idx = grid_indices(len(grid_source[1]), cfg.grid_rows)
+    grid_real, grid_masks = grid_source[0][grid_idx], grid_source[1][grid_idx]
 
     from dvclive import Live
 

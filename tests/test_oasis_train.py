@@ -14,6 +14,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ConfigError, build
 from pipeline.train_images import (
     TrainImagesConfig,
+    grid_indices,
     load_image_generator,
     synthesize,
     train_images,
@@ -106,3 +107,10 @@ def test_cli_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         main(["train-images", "--help"])
     assert e.value.code == 0
     assert "labelmix_weight" in capsys.readouterr().out
+
+
+def test_grid_rows_spread_over_the_split() -> None:
+    # CamVid's val split is one video: the first 6 frames are one scene, spread rows are not
+    assert grid_indices(101, 6).tolist() == [0, 20, 40, 60, 80, 100]
+    assert grid_indices(3, 6).tolist() == [0, 1, 2]  # fewer samples than rows: each once
+    assert grid_indices(1, 6).tolist() == [0]
