@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline.config import ConfigError, section, to_dict
 from pipeline.datasets import open_source
 from pipeline.io_utils import atomic_output_dir, atomic_write_json, write_metrics
-from pipeline.shards import Sample, ShardedWriter, encode_sample
+from pipeline.shards import Sample, ShardedWriter, encode_sample, label_subset
 
 SECTION = "prepare"
 
@@ -47,6 +47,13 @@ class PrepareConfig:
     fraction: float = field(
         default=1.0, metadata={"help": "seeded share of each split to keep (quick runs)"}
     )
+    train_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "seeded share of the train split to keep, val/test whole: a label-scarce run "
+            "in which every stage, the GANs included, sees only these pairs"
+        },
+    )
     samples_per_shard: int = 256
     workers: int = field(
         default=2, metadata={"help": "decode/resize/encode processes (0 = inline)"}
@@ -60,8 +67,9 @@ class PrepareConfig:
             raise ConfigError(f"prepare.size {list(self.size)} is too small; use at least [8, 8]")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"prepare.val_fraction {self.val_fraction} must be in (0, 1)")
-        if not 0 < self.fraction <= 1:
-            raise ConfigError(f"prepare.fraction {self.fraction} must be in (0, 1]")
+        for key in ("fraction", "train_fraction"):
+            if not 0 < getattr(self, key) <= 1:
+                raise ConfigError(f"prepare.{key} {getattr(self, key)} must be in (0, 1]")
         if self.samples_per_shard < 1 or self.workers < 0:
             raise ConfigError("prepare.samples_per_shard must be >= 1 and prepare.workers >= 0")
 
@@ -89,9 +97,17 @@ def fit_pair(
 
 
 def assign_splits(
-    entries: dict[str | None, list], val_fraction: float, seed: int, fraction: float
+    entries: dict[str | None, list],
+    val_fraction: float,
+    seed: int,
+    fraction: float,
+    train_fraction: float = 1.0,
 ) -> dict[str, list]:
-    """Keep the dataset's own splits; draw train/val by seed where it has none (or no val)."""
+    """Keep the dataset's own splits; draw train/val by seed where it has none (or no val).
+
+    `fraction` thins every split; `train_fraction` only train, in nested subsets (the 10% lie
+    inside the 25%), the same ones `train_segmenter`'s `real_fraction` draws for seed `seed`.
+    """
     entries = dict(entries)
     rng = np.random.default_rng(seed)
     pool = entries.pop(None, None)
@@ -106,6 +122,10 @@ def assign_splits(
         for s, items in entries.items():
             keep = sorted(rng.permutation(len(items))[: max(1, round(len(items) * fraction))])
             entries[s] = [items[i] for i in keep]
+    if train_fraction < 1 and entries.get("train"):
+        entries["train"] = [
+            entries["train"][i] for i in label_subset(len(entries["train"]), train_fraction, seed)
+        ]
     return {
         s: entries[s]
         for s in sorted(
@@ -140,7 +160,9 @@ def prepare(cfg: PrepareConfig, out: Path | None = None, progress: bool = True) 
     out = Path(out or cfg.out)
     source = open_source(cfg.dataset, cfg.options, tuple(cfg.size))
     table = source.table
-    splits = assign_splits(source.entries(), cfg.val_fraction, cfg.split_seed, cfg.fraction)
+    splits = assign_splits(
+        source.entries(), cfg.val_fraction, cfg.split_seed, cfg.fraction, cfg.train_fraction
+    )
     if not splits.get("train"):
         from pipeline.errors import DatasetError
 

@@ -245,3 +245,9 @@ def load_class_table(root: str | Path) -> ClassTable:
             f"{path} is missing: is {root} a prepared dataset? run `semsynth prepare`"
         )
     return ClassTable.load(path)
+
+
+def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded `fraction` of n items; smaller fractions nest in larger ones."""
+    keep = max(1, round(n * fraction))
+    return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:keep])

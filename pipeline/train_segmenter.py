@@ -37,7 +37,7 @@ from pipeline.errors import DatasetError
 from pipeline.io_utils import write_metrics
 from pipeline.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from pipeline.pretrained import encoder_state_dict
-from pipeline.shards import load_class_table, load_split, splits
+from pipeline.shards import label_subset, load_class_table, load_split, splits
 
 SECTION = "train_segmenter"
 MODES = ("real", "real_synth")
@@ -120,12 +120,6 @@ def run_name(mode: str, seed: int, real_fraction: float = 1.0) -> str:
     """`real-seed0`, or `real-frac0.1-seed0` for a 10% label subset (as dvc.yaml spells it)."""
     frac = "" if real_fraction >= 1 else f"-frac{real_fraction:g}"
     return f"{mode}{frac}-seed{seed}"
-
-
-def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded `fraction` of n items; smaller fractions nest in larger ones."""
-    keep = max(1, round(n * fraction))
-    return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:keep])
 
 
 def synth_seen_after(step: int, batch_size: int, synth_fraction: float) -> int:

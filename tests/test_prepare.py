@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.prepare import PrepareConfig, fit_pair, prepare
-from pipeline.shards import list_shards, load_class_table, load_split
+from pipeline.shards import label_subset, list_shards, load_class_table, load_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,20 @@ def test_shapes_is_deterministic_non_square_and_seeded(tmp_path):
     assert (
         a["n_train"] == 12
         and abs(sum(v for k, v in a.items() if k.startswith("train_frac_")) - 1) < 1e-4
+    )
+
+
+def test_train_fraction_keeps_the_segmenters_label_subset_and_the_whole_val(tmp_path):
+    prepare(_cfg(tmp_path / "full", split_seed=3), progress=False)
+    prepare(_cfg(tmp_path / "quarter", split_seed=3, train_fraction=0.25), progress=False)
+    _, _, keys = load_split(tmp_path / "full" / "out", "train")
+    _, _, kept = load_split(tmp_path / "quarter" / "out", "train")
+    # the pairs a label-scarce run trains every stage on are those train_segmenter's
+    # real_fraction 0.25 draws for seed 3 from the full split: the two experiments compare
+    assert kept == [keys[i] for i in label_subset(len(keys), 0.25, 3)] and len(kept) == 3
+    assert (
+        load_split(tmp_path / "quarter" / "out", "val")[2]
+        == load_split(tmp_path / "full" / "out", "val")[2]
     )
 
 
