@@ -4,7 +4,8 @@
 
 A training step is what `train_segmenter` does per batch (augmentation, forward, loss, backward,
 AdamW); evaluation is `predict` (argmax over the logits). Inputs are random: the speed does not
-depend on the data. bf16 means bf16 autocast + channels-last where the device computes bf16 fast
+depend on the data. Each row records `other_cpu`, the share of the CPU other processes took while it
+ran (run it alone: a busy machine halves these figures). bf16 means bf16 autocast + channels-last where the device computes bf16 fast
 (`pipeline.device`); elsewhere that row repeats fp32 and says so.
 """
 
@@ -16,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from bench.common import print_table, save
+from bench.common import OtherLoad, print_table, save
 from models.segmenter import build_segmenter, segmentation_loss
 from pipeline.augment import AugmentConfig, augment
 from pipeline.device import autocast, bf16_supported, pick_device, use_channels_last
@@ -26,6 +27,7 @@ from pipeline.train_segmenter import predict
 def bench_case(
     arch: str, encoder: str, size: tuple[int, int], batch: int, bf16: bool, steps: int, device
 ) -> dict:
+    other = OtherLoad()  # other processes' CPU share while this case runs, saved with its row
     torch.manual_seed(0)
     model = build_segmenter(arch, encoder, 12).to(device)
     cl = use_channels_last(device, bf16)
@@ -59,7 +61,7 @@ def bench_case(
         torch.cuda.synchronize()
     train = steps * batch / (time.perf_counter() - t)
 
-    images = np.random.default_rng(0).integers(0, 256, (batch * 4, *size, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (batch * 8, *size, 3), dtype=np.uint8)
     predict(model, images[:batch], batch_size=batch, bf16=bf16)
     t = time.perf_counter()
     predict(model, images, batch_size=batch, bf16=bf16)
@@ -70,6 +72,7 @@ def bench_case(
         "precision": "bf16" if bf16 and bf16_supported(device) else "fp32",
         "train_img_s": round(train, 1),
         "eval_img_s": round(evaluate, 1),
+        "other_cpu": None if (o := other.share()) is None else round(o, 3),
     }
 
 
@@ -84,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
     device = pick_device(args.device)
     cases = [((64, 64), 32)] if args.quick else [((64, 64), 32), ((96, 128), 16)]
-    steps = 3 if args.quick else 10
+    steps = 3 if args.quick else 30  # 10 steps varied by 20% run to run
     rows = []
     for size, batch in cases:
         for bf16 in (False, True):
