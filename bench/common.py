@@ -112,4 +112,4 @@ class OtherLoad:
             return None
         wall = (time.perf_counter() - self._t) * (os.cpu_count() or 1)
         other = (busy - self._busy) / os.sysconf("SC_CLK_TCK") - (_own_seconds() - self._own)
-        return max(0.0, other) / wall if wall > 0 else None
+        return round(max(0.0, other) / wall, 3) if wall > 0 else None

@@ -4,9 +4,9 @@
 
 A training step is what `train_segmenter` does per batch (augmentation, forward, loss, backward,
 AdamW); evaluation is `predict` (argmax over the logits). Inputs are random: the speed does not
-depend on the data. Each row records `other_cpu`, the share of the CPU other processes took while it
-ran (run it alone: a busy machine halves these figures). bf16 means bf16 autocast + channels-last where the device computes bf16 fast
-(`pipeline.device`); elsewhere that row repeats fp32 and says so.
+depend on the data. Each row records `other_cpu`, the share of the CPU other processes took while
+it ran (run it alone: a busy machine halves these figures). bf16 means bf16 autocast + channels-last
+where the device computes bf16 fast (`pipeline.device`); elsewhere that row repeats fp32 and says so.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def bench_case(
         "precision": "bf16" if bf16 and bf16_supported(device) else "fp32",
         "train_img_s": round(train, 1),
         "eval_img_s": round(evaluate, 1),
-        "other_cpu": None if (o := other.share()) is None else round(o, 3),
+        "other_cpu": other.share(),
     }
 
 
