@@ -36,7 +36,7 @@ import json, time
 from pipeline.config import build
 from pipeline.device import pick_device
 from pipeline.generate import GenerateConfig, _model, checkpoint_hashes, generate, synthesize_images
-from pipeline.train_masks import sample_masks
+from pipeline.sampling import sample_masks
 cfg = build(GenerateConfig, json.loads({cfg!r}), "generate")
 # warm-up on the cached models (oneDNN picks kernels on first use), as the model-only row does
 dev = pick_device(cfg.device)
@@ -61,7 +61,7 @@ import json, time
 from pipeline.config import build
 from pipeline.device import pick_device
 from pipeline.generate import GenerateConfig, _model, checkpoint_hashes, synthesize_images
-from pipeline.train_masks import sample_masks
+from pipeline.sampling import sample_masks
 cfg = build(GenerateConfig, json.loads({cfg!r}), "generate")
 dev = pick_device(cfg.device)
 h = checkpoint_hashes(cfg)
@@ -102,9 +102,10 @@ def make_checkpoints(folder: Path, data: Path, narrow: bool) -> tuple[str, str]:
 
     from models.oasis import OASISGenerator, preset_widths
     from pipeline.checkpoint import save_checkpoint
+    from pipeline.sampling import build_mask_generator
     from pipeline.shards import iter_split, load_class_table
     from pipeline.train_images import TrainImagesConfig
-    from pipeline.train_masks import TrainMasksConfig, build_generator
+    from pipeline.train_masks import TrainMasksConfig
 
     table = load_class_table(data)
     h, w = next(iter_split(data, "train")).mask.shape
@@ -115,16 +116,22 @@ def make_checkpoints(folder: Path, data: Path, narrow: bool) -> tuple[str, str]:
         latent_dim=16 if narrow else mcfg.latent_dim, g_channels=32 if narrow else mcfg.g_channels,
         colors=table.colors.tolist(),
     )  # fmt: skip
-    sd = build_generator(arch).state_dict()
+    sd = build_mask_generator(arch).state_dict()
     masks = folder / ("masks_narrow.pt" if narrow else "masks.pt")
-    save_checkpoint(masks, {"model": sd, "ema": sd, "step": 0, "arch": arch, "config": {}})
+    save_checkpoint(
+        masks, {"model": sd, "ema": sd, "step": 0, "images_seen": 0, "arch": arch, "config": {}}
+    )
     images = folder / ("images_narrow.pt" if narrow else "images.pt")
     icfg = TrainImagesConfig()
     g_ch, hidden, z = (2, 8, 8) if narrow else (icfg.g_ch, icfg.spade_hidden, icfg.z_dim)
     widths, _ = preset_widths(icfg.preset, g_ch, icfg.d_ch)
     g = OASISGenerator(table.num_classes, h, w, widths, z, hidden, icfg.spatial_noise)
     sd = g.state_dict()
-    save_checkpoint(images, {"model": sd, "ema": sd, "step": 0, "arch": g.arch(), "config": {}})
+    save_checkpoint(
+        images,
+        {"model": sd, "ema": sd, "step": 0, "images_seen": 0, "arch": g.arch(), "config": {},
+         "ignore_index": table.ignore_index},
+    )  # fmt: skip
     return str(masks), str(images)
 
 

@@ -26,13 +26,9 @@ import torch.nn.functional as F
 from bench.common import print_table, save
 from pipeline.config import load_params, section
 from pipeline.metrics.fid import fid as fid_score
+from pipeline.sampling import GAN_CHECKPOINT, load_image_generator, synthesize
 from pipeline.shards import load_class_table, load_split
-from pipeline.train_images import (
-    TrainImagesConfig,
-    load_image_generator,
-    synthesize,
-    train_images,
-)
+from pipeline.train_images import TrainImagesConfig, train_images
 
 VARIANTS = {
     "full (LabelMix + 3D noise)": {"labelmix_weight": 10.0, "z_dim": 64},
@@ -100,7 +96,6 @@ def main() -> None:
     base = dataclasses.replace(
         base,
         total_images=images,
-        sample_every_images=0,
         checkpoint_every_images=0,
         fid_images=32 if args.quick else base.fid_images,
         bn_refresh_batches=2 if args.quick else base.bn_refresh_batches,
@@ -112,7 +107,7 @@ def main() -> None:
     seg = None
     if args.segmenter:
         from pipeline.metrics.segmentation import confusion_matrix, mean_iou
-        from pipeline.train_segmenter import load_segmenter, predict
+        from pipeline.predict import load_segmenter, predict
 
         seg = load_segmenter(args.segmenter)
 
@@ -137,7 +132,7 @@ def main() -> None:
                 metrics_path=out / "m.json",
                 live_dir=out / "live",
             )
-            g = load_image_generator(out / "checkpoint.pt")
+            g = load_image_generator(out / GAN_CHECKPOINT)
             bf16 = cfg.bf16  # synthesis in the precision the variant trained in
             pair = synthesize(g, val_masks[:n_div], seed=1, n_per_mask=2, bf16=bf16)
             row = {

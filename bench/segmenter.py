@@ -21,7 +21,7 @@ from bench.common import OtherLoad, print_table, save
 from models.segmenter import build_segmenter, segmentation_loss
 from pipeline.augment import AugmentConfig, augment
 from pipeline.device import autocast, bf16_supported, pick_device, use_channels_last
-from pipeline.train_segmenter import predict
+from pipeline.predict import predict
 
 
 def bench_case(

@@ -1,8 +1,8 @@
 """SemGAN vs the "standard GAN" RGB baseline (Azadi et al. 2019, table 1), rerun here.
 
-    python -m bench.semgan_vs_gan [--quick] [--kimg K] [--datasets shapes camvid96]
+    python -m bench.semgan_vs_gan [--quick] [--images N] [--datasets shapes camvid96]
 
-Both models get the same backbone widths and the same budget (kimg real maps shown to D); each
+Both models get the same backbone widths and the same budget (N real maps shown to D); each
 is scored on EMA samples against the held-out real masks: SWD (x1e3, Laplacian pyramid of the
 colourised maps), MS-SSIM between sample pairs (lower = more diverse; the real data's own value
 beside it), class-histogram JS divergence, class-presence error, spurious-pixel rate (pixels in
@@ -69,13 +69,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="tiny budget: a smoke run, not results")
-    ap.add_argument("--kimg", type=float, default=None, help="budget per model (default 8)")
+    ap.add_argument(
+        "--images", type=int, default=None, help="budget per model, in real maps (default 8000)"
+    )
     ap.add_argument("--datasets", nargs="+", default=["shapes", "camvid96"])
     ap.add_argument("--no-counters", action="store_true", help="skip the shortcut-counter runs")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--name", default="semgan_vs_gan", help="bench/results/NAME.json")
     args = ap.parse_args()
-    kimg = args.kimg or (0.256 if args.quick else 8.0)
+    images = args.images or (256 if args.quick else 8000)
     eval_samples = 64 if args.quick else 256
 
     rows = []
@@ -97,16 +99,15 @@ def main() -> None:
                     out=str(out),
                     metrics=str(out / "m.json"),
                     live_dir=str(out / "live"),
-                    kimg=kimg,
+                    total_images=images,
                     eval_samples=eval_samples,
                     eval_fid=True,
-                    snapshot_kimg=1e6,
+                    checkpoint_every_images=0,  # only at the end
                     device=args.device,
-                    resume=False,
                     **over,
                 )
                 t = time.perf_counter()
-                m = train_masks(cfg, progress=True)
+                m = train_masks(cfg, restart=True, progress=True)
                 row = {"dataset": name, "model": label}
                 row.update({k: m[k] for k in COLUMNS if k in m})
                 row["minutes"] = (time.perf_counter() - t) / 60
@@ -115,7 +116,7 @@ def main() -> None:
     print_table(rows)
     path = save(
         args.name,
-        {"quick": args.quick, "kimg": kimg, "eval_samples": eval_samples, "rows": rows},
+        {"quick": args.quick, "kimg": images / 1000, "eval_samples": eval_samples, "rows": rows},
     )
     print(f"wrote {path}")
     for name in dict.fromkeys(r["dataset"] for r in rows):

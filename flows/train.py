@@ -54,13 +54,14 @@ def train_segmenter_run(
 ) -> dict[str, Any]:
     """One segmenter training (`mode` real or real_synth, one seed, a share of real labels)."""
     from pipeline import train_segmenter as stage
+    from pipeline.predict import run_name
 
     frac = cfg.real_fraction if real_fraction is None else real_fraction
     return stage.train_segmenter(
         cfg,
         Path(cfg.real_dir),
         Path(cfg.synth_dir),
-        Path(cfg.out) / stage.run_name(mode, seed, frac),
+        Path(cfg.out) / run_name(mode, seed, frac),
         mode,
         seed,
         real_fraction=frac,
@@ -84,10 +85,11 @@ def train_segmenter(
     `train_segmenter_curve_*@FRACTION-SEED`; then `evaluate` scores them all.
     """
     from pipeline import train_segmenter as stage
+    from pipeline.predict import MODES, run_name
 
     overrides = list(overrides or [])
     cfg = stage_config(stage, params, overrides)
-    modes = modes or list(stage.MODES)
+    modes = modes or list(MODES)
     seeds = list(cfg.seeds) if seeds is None else seeds
     plan = [(m, s, cfg.real_fraction) for m in modes for s in seeds]
     stages = [f"train_segmenter_{m}" for m in modes]  # dvc.yaml foreach groups: every seed
@@ -95,7 +97,7 @@ def train_segmenter(
         plan += [(m, s, f) for m in modes for f in cfg.curve_fractions for s in cfg.curve_seeds]
         stages += [f"train_segmenter_curve_{m}" for m in modes]
     # One run at a time: each already uses every core.
-    runs = {stage.run_name(m, s, f): train_segmenter_run(cfg, m, s, f) for m, s, f in plan}
+    runs = {run_name(m, s, f): train_segmenter_run(cfg, m, s, f) for m, s, f in plan}
     result: dict[str, Any] = {"runs": runs}
     if evaluate:
         from pipeline import evaluate as eval_stage

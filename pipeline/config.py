@@ -118,8 +118,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             try:
                 return _convert(a, value, key)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} matches none of {_name(tp)}")
+                # "key: why" -> "why"; a nested key (key[0], key.x) is kept so it still points there.
+                why = str(e).removeprefix(f"{key}: ")
+                errors.append(f"{_name(a)}: {why}")
+        raise ConfigError(f"{key}: {value!r} matches none of {_name(tp)}: {'; '.join(errors)}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")

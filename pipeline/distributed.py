@@ -20,10 +20,10 @@ they are. A stage uses it like this, with no second code path:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,8 +34,6 @@ from pipeline.device import pick_device
 from pipeline.errors import ConfigError
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-# Testing aid: when set, every rank saves its final weights there (see `dump_rank_state`).
-RANK_STATE_ENV = "SEMSYNTH_RANK_STATE_DIR"
 
 
 @dataclass(frozen=True)
@@ -86,22 +84,14 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+# Stages read their rank from `init()`'s DistInfo; these two serve the helpers below, which run
+# where no DistInfo is at hand (inside a batch-norm layer, a sampler).
 def rank() -> int:
     return dist.get_rank() if active() else 0
 
 
 def world_size() -> int:
     return dist.get_world_size() if active() else 1
-
-
-def is_main() -> bool:
-    """Only rank 0 writes files (checkpoints, metrics, DVCLive, shards)."""
-    return rank() == 0
-
-
-def barrier() -> None:
-    if active():
-        dist.barrier()
 
 
 def wrap(model: nn.Module, info: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
@@ -306,28 +296,6 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         return self.post(y.to(x.dtype))
 
 
-@torch.no_grad()
-def recompute_batch_norm(module: nn.Module, forward: Callable[[], object], batches: int) -> None:
-    """Re-estimate every BatchNorm2d's running stats in `module` as the exact average over
-    `batches` train-mode calls of `forward` (which runs `module` on one batch), then leave the
-    module in eval mode with the training momentum restored.
-
-    An EMA averages weights, not statistics: the stats gathered while training belong to other
-    weights, so EMA generators need this before they sample.
-    """
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    module.train()
-    for _ in range(batches if norms else 0):
-        forward()
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    module.eval()
-
-
 def sync_batch_norm(module: nn.Module) -> nn.Module:
     """Swap every BatchNorm2d in `module` for `SyncBatchNorm2d` when more than one process trains;
     the module itself, untouched, alone. Call before wrapping in DDP; returns `module`."""
@@ -355,17 +323,32 @@ def _after_norm(bn: nn.BatchNorm2d) -> nn.Module | None:
     return tail
 
 
-def dump_rank_state(**state_dicts: Mapping[str, torch.Tensor]) -> None:
-    """Testing aid: with $SEMSYNTH_RANK_STATE_DIR set, save this rank's state dicts (e.g. model,
-    ema, discriminator) to DIR/rank{r}.pt, so a test can check that DDP kept the ranks
-    identical. A no-op otherwise; stages call it once, after training."""
-    folder = os.environ.get(RANK_STATE_ENV)
-    if not folder:
+def check_replicas_agree(**state_dicts: Mapping[str, torch.Tensor]) -> None:
+    """Raise when the ranks' copies of the named state dicts (e.g. model, ema, discriminator)
+    are not bit-identical; a no-op alone. A collective: every rank must call it.
+
+    DDP keeps replicas equal only if every rank applies the same updates; a rank that drew
+    different noise for a batch-norm refresh, or skipped a step, would otherwise go unnoticed
+    and rank 0 would checkpoint weights the others never had.
+    """
+    if not active():
         return
-    path = Path(folder) / f"rank{rank()}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cpu = {k: {n: t.detach().cpu() for n, t in sd.items()} for k, sd in state_dicts.items()}
-    torch.save(cpu, path)
+    digests = torch.tensor([_digest(sd) for sd in state_dicts.values()], dtype=torch.int64)
+    table = all_gather(digests)  # [W, nets]
+    differ = [
+        name for j, name in enumerate(state_dicts) if not bool((table[:, j] == table[0, j]).all())
+    ]
+    if differ:
+        raise RuntimeError(f"ranks disagree on {differ} after training: DDP replicas diverged")
+
+
+def _digest(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """A 63-bit hash of a state dict's names and exact tensor bytes."""
+    h = hashlib.sha256()
+    for name, t in state_dict.items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
 def cleanup() -> None:

@@ -30,8 +30,9 @@ from pipeline.metrics.segmentation import (
     mean_std_ci95,
     pixel_accuracy,
 )
-from pipeline.shards import load_class_table, load_split
-from pipeline.train_segmenter import MODES, heldout_split, load_segmenter, predict, run_name
+from pipeline.predict import MODES, load_segmenter, predict, run_name
+from pipeline.sampling import load_image_generator, synthesize
+from pipeline.shards import heldout_split, load_class_table, load_split
 
 SECTION = "evaluate"
 
@@ -152,10 +153,8 @@ def evaluate(
     # OASIS's protocol: how well do real-trained segmenters read the synthesised images?
     gen_path = Path(cfg.image_generator) if cfg.image_generator else None
     if gen_path is not None and gen_path.is_file():
-        from pipeline.train_images import load_image_generator, synthesize
-
         generator = load_image_generator(gen_path, device)
-        fake = synthesize(generator, masks, cfg.synth_seed, n_per_mask=1)[:, 0]  # [N, H, W, 3]
+        fake = synthesize(generator, masks, cfg.synth_seed, ignore_index=ignore)[:, 0]  # [N,H,W,3]
         synth_mious = [mean_iou(cm_of(p, fake)) for p in runs["real"].values()]
         metrics["miou_real_on_synth"] = float(np.mean(synth_mious))
         metrics["synth_miou_ratio"] = metrics["miou_real_on_synth"] / metrics["miou_real"]

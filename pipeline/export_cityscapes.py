@@ -25,9 +25,9 @@ from PIL import Image
 from pipeline.classes import ClassTable
 from pipeline.compat import png16_bytes
 from pipeline.errors import DatasetError
-from pipeline.export import decode_pair, iter_raw_shard, run_shards, shard_paths
+from pipeline.export_common import decode_pair, run_shards, shard_paths
 from pipeline.io_utils import atomic_output_dir
-from pipeline.shards import load_class_table
+from pipeline.shards import iter_raw_shard, load_class_table
 
 
 def is_cityscapes_table(table: ClassTable) -> bool:

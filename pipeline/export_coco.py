@@ -22,9 +22,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pipeline.errors import DatasetError
-from pipeline.export import decode_pair, iter_raw_shard, run_shards, shard_paths
+from pipeline.export_common import decode_pair, run_shards, shard_paths
 from pipeline.io_utils import atomic_output_dir
-from pipeline.shards import load_class_table
+from pipeline.shards import iter_raw_shard, load_class_table
 
 
 def segments(mask: np.ndarray, num_classes: int) -> list[dict[str, Any]]:

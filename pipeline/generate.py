@@ -48,6 +48,7 @@ from pipeline.generate_filters import (
     target_uniforms,
 )
 from pipeline.io_utils import atomic_write_json, write_metrics
+from pipeline.sampling import load_image_generator, load_mask_generator, sample_masks, synthesize
 from pipeline.shards import SHARD_RE, Sample, ShardWriter, encode_sample, shard_name
 from pipeline.shards import load_class_table as _load_table
 
@@ -64,7 +65,7 @@ class GenerateConfig:
     masks_per_shard: int = 200
     seed: int = 0
     data: str = field(default="data/prepared", metadata={"help": "the real prepared dataset"})
-    mask_checkpoint: str = "data/masks/generator.pt"
+    mask_checkpoint: str = "data/masks/checkpoint.pt"
     image_checkpoint: str = "data/images/checkpoint.pt"
     out: str = "data/synthetic"
     filters: FilterConfig = field(
@@ -160,10 +161,7 @@ def _model(kind: str, path: str, sha: str, device: Any) -> Any:
     key = (kind, str(Path(path).resolve()), sha, str(device))
     with _LOCK:
         if key not in _MODELS:
-            if kind == "mask":
-                from pipeline.train_masks import load_mask_generator as load
-            else:
-                from pipeline.train_images import load_image_generator as load
+            load = load_mask_generator if kind == "mask" else load_image_generator
             _MODELS[key] = load(path, device)
         return _MODELS[key]
 
@@ -245,8 +243,6 @@ def _kept_batches(
     Candidates are drawn in order from the shard's own range, so which masks a shard keeps
     depends only on (checkpoint, seed, shard); rejections are counted into `stats`.
     """
-    from pipeline.train_masks import sample_masks
-
     lo = shard_index * cfg.masks_per_shard
     hi = min(lo + cfg.masks_per_shard, cfg.n_samples)
     c_lo, c_hi = candidate_range(cfg, shard_index)
@@ -389,8 +385,6 @@ def synthesize_images(
     image_g: Any, masks: np.ndarray, cfg: GenerateConfig, start: int
 ) -> np.ndarray:
     """k images for each of masks start.. (uint8 [n, k, H, W, 3]), noise from (seed, index, copy)."""
-    from pipeline.train_images import synthesize
-
     k, bs = cfg.images_per_mask, cfg.image_batch_size
     return synthesize(image_g, masks, cfg.seed, n_per_mask=k, batch_size=bs, start=start)
 

@@ -73,3 +73,13 @@ def atomic_output_dir(final: str | Path) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def open_live(live_dir: str | Path, resumed: bool, main: bool) -> Any:
+    """A DVCLive logger for a training stage on rank 0 (None on other ranks), continuing its
+    curves when the run resumed. No dvc.yaml or experiment is written: `dvc.yaml` owns those."""
+    if not main:
+        return None
+    from dvclive import Live
+
+    return Live(dir=str(live_dir), resume=resumed, save_dvc_exp=False, dvcyaml=None)

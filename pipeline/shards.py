@@ -182,8 +182,11 @@ def _decode(files: dict[str, bytes], key: str, path: Path) -> Sample:
     return Sample(key=key, mask=mask, image=image, meta=meta)
 
 
-def iter_shard(path: str | Path) -> Iterator[Sample]:
-    """Stream the samples of one shard in order."""
+def iter_raw_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream (key, {"image.png": bytes, "mask.png": bytes, "json": bytes}) without decoding.
+
+    The one tar reader: `iter_shard` decodes on top of it, the exporters copy its bytes as is.
+    """
     path = Path(path)
     key, files = None, {}
     try:
@@ -193,7 +196,7 @@ def iter_shard(path: str | Path) -> Iterator[Sample]:
                     continue
                 k, _, ext = member.name.partition(".")
                 if key is not None and k != key:
-                    yield _decode(files, key, path)
+                    yield key, files
                     files = {}
                 key = k
                 files[ext] = tar.extractfile(member).read()
@@ -202,7 +205,20 @@ def iter_shard(path: str | Path) -> Iterator[Sample]:
             f"{path}: cannot read shard ({e}); re-run the stage that wrote it"
         ) from None
     if key is not None:
-        yield _decode(files, key, path)
+        yield key, files
+
+
+def iter_shard(path: str | Path) -> Iterator[Sample]:
+    """Stream the samples of one shard in order."""
+    path = Path(path)
+    for key, files in iter_raw_shard(path):
+        try:
+            sample = _decode(files, key, path)
+        except OSError as e:  # a PNG that PIL cannot read is as broken as a torn tar
+            raise DatasetError(
+                f"{path}: cannot read sample {key!r} ({e}); re-run the stage that wrote it"
+            ) from None
+        yield sample
 
 
 def list_shards(root: str | Path, split: str) -> list[Path]:
@@ -251,3 +267,12 @@ def label_subset(n: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of a seeded `fraction` of n items; smaller fractions nest in larger ones."""
     keep = max(1, round(n * fraction))
     return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:keep])
+
+
+def heldout_split(root: str | Path) -> str:
+    """The real held-out split: `test` when the dataset has one, else `val`."""
+    have = splits(root)
+    for s in ("test", "val"):
+        if s in have:
+            return s
+    raise DatasetError(f"{root}: no test or val split to evaluate on (splits: {have})")

@@ -1,10 +1,12 @@
 """Stage `train_masks`: train the SemGAN mask generator (or the paper's RGB baseline) on the
 label maps of a prepared dataset.
 
-Writes `OUT/generator.pt` (model, EMA, discriminator, optimizers, step, RNG state, config; the
-latest state, so an interrupted run resumes where it stopped), sample grids `OUT/samples*.png`,
+Writes `OUT/checkpoint.pt` (model, EMA, discriminator, optimizers, step, images seen, RNG state,
+config; the latest state, so an interrupted run resumes where it stopped, and a run with other
+settings is refused unless `--restart`), sample grids `OUT/grid.png` and `OUT/samples/*.png`,
 `metrics/train_masks.json` (mask-quality metrics of EMA samples against the val masks) and
-DVCLive curves. `load_mask_generator` and `sample_masks` are what the generate stage calls.
+DVCLive curves against images seen. The generate stage loads and samples the checkpoint through
+`pipeline.sampling`.
 
 Under `torchrun --nproc_per_node N` the same loop runs data-parallel: each rank draws its
 batch_size / N share of every global batch from its own seeded stream, G and D are wrapped in
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +25,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
 from models.semgan import (
     MaskDiscriminator,
     MaskGenerator,
     d_logistic_loss,
-    ema_beta,
     g_nonsaturating_loss,
     gumbel_softmax_st,
     noisy_one_hot,
@@ -40,19 +38,24 @@ from models.semgan import (
     r1_penalty,
 )
 from pipeline import distributed
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline import gan_training as gan
 from pipeline.classes import ClassTable
 from pipeline.config import ConfigError, section, to_dict
 from pipeline.device import autocast, use_channels_last
-from pipeline.errors import DatasetError, SemsynthError
-from pipeline.io_utils import atomic_write_bytes, write_metrics
+from pipeline.errors import DatasetError
+from pipeline.io_utils import open_live, write_metrics
 from pipeline.metrics.masks import mask_quality
+from pipeline.sampling import build_mask_generator, sample_masks_and_distance
 from pipeline.shards import iter_split, load_class_table, splits
 
 SECTION = "train_masks"
-CHECKPOINT = "generator.pt"
-# Architecture keys: a checkpoint can only resume (or load) with the same values.
-ARCH_KEYS = ("kind", "latent_dim", "g_channels", "g_norm", "d_channels", "mbstd_group")
+# Settings a run may change and still resume its checkpoint: the budget, logging, evaluation,
+# paths. Any other difference is an error (gan_training.resume).
+MAY_DIFFER = (
+    "total_images", "log_every_images", "checkpoint_every_images", "bn_refresh_batches",
+    "eval_samples", "min_component", "off_palette_threshold", "eval_fid",
+    "out", "metrics", "live_dir", "device",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,8 @@ class TrainMasksConfig:
     out: str = field(default="data/masks", metadata={"help": "checkpoint and sample-grid folder"})
     metrics: str = "metrics/train_masks.json"
     live_dir: str = field(default="dvclive/train_masks", metadata={"help": "DVCLive folder"})
-    kimg: float = field(
-        default=8.0, metadata={"help": "training length in thousands of real images shown to D"}
+    total_images: int = field(
+        default=8000, metadata={"help": "training length, in real maps shown to D"}
     )
     batch_size: int = field(default=16, metadata={"help": "maps per D and G step"})
     latent_dim: int = 128
@@ -104,12 +107,16 @@ class TrainMasksConfig:
     real_noise: float = field(
         default=0.0, metadata={"help": "std of |noise| added to one-hot reals (0 = none)"}
     )
-    ema_kimg: float = field(default=1.0, metadata={"help": "EMA half-life in kimg"})
-    flip: bool = field(default=True, metadata={"help": "random horizontal flips of real maps"})
-    snapshot_kimg: float = field(
-        default=4.0, metadata={"help": "checkpoint + sample grid every this many kimg"}
+    ema_halflife_images: int = field(default=1000, metadata={"help": "EMA half-life in images"})
+    ema_rampup: float = field(
+        default=0.0,
+        metadata={"help": "EMA half-life at most this share of the images seen (EDM); 0 = off"},
     )
-    log_kimg: float = field(default=0.5, metadata={"help": "DVCLive point every this many kimg"})
+    flip: bool = field(default=True, metadata={"help": "random horizontal flips of real maps"})
+    checkpoint_every_images: int = field(
+        default=4000, metadata={"help": "checkpoint + sample grid every this many images; 0 = end"}
+    )
+    log_every_images: int = field(default=500, metadata={"help": "DVCLive point interval"})
     eval_samples: int = field(default=256, metadata={"help": "EMA samples for final metrics"})
     min_component: int = field(
         default=16, metadata={"help": "components below this size count as spurious pixels"}
@@ -123,10 +130,17 @@ class TrainMasksConfig:
     bf16: bool = field(
         default=False, metadata={"help": "bf16 autocast (measured slower on CPU for these nets)"}
     )
-    resume: bool = field(default=True, metadata={"help": "continue from OUT/generator.pt"})
 
     def __post_init__(self) -> None:
-        positive = ("kimg", "batch_size", "latent_dim", "g_channels", "d_channels", "lr_g", "lr_d")
+        positive = (
+            "total_images",
+            "batch_size",
+            "latent_dim",
+            "g_channels",
+            "d_channels",
+            "lr_g",
+            "lr_d",
+        )
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train_masks.{key} must be > 0, got {getattr(self, key)}")
@@ -140,8 +154,11 @@ class TrainMasksConfig:
             )
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train_masks.betas {list(self.betas)} must lie in [0, 1)")
-        if self.snapshot_kimg <= 0 or self.log_kimg <= 0 or self.ema_kimg < 0:
-            raise ConfigError("train_masks.snapshot_kimg and log_kimg must be > 0, ema_kimg >= 0")
+        for key in ("checkpoint_every_images", "log_every_images", "ema_halflife_images"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train_masks.{key} must be >= 0, got {getattr(self, key)}")
+        if self.ema_rampup < 0:
+            raise ConfigError(f"train_masks.ema_rampup must be >= 0, got {self.ema_rampup}")
         if self.mbstd_group < 0:
             raise ConfigError(f"train_masks.mbstd_group must be >= 0, got {self.mbstd_group}")
         if self.bn_refresh_batches < 1:
@@ -186,98 +203,64 @@ def load_masks(data: str | Path, split: str) -> np.ndarray:
 
 
 # -----------------------------------------------------------------------------------------------
-# models and sampling
+# networks and sample grids
 
 
-def build_generator(arch: dict[str, Any]) -> MaskGenerator:
-    colors = torch.tensor(arch["colors"], dtype=torch.uint8)
-    return MaskGenerator(
-        kind=arch["kind"],
-        num_classes=arch["num_classes"],
-        height=arch["height"],
-        width=arch["width"],
-        latent_dim=arch["latent_dim"],
-        channels=arch["g_channels"],
-        colors=colors,
-        norm=arch.get("g_norm", "pixel"),  # checkpoints from before g_norm existed: pixel
+def build_arch(cfg: TrainMasksConfig, table: ClassTable, height: int, width: int) -> dict:
+    """The checkpoint's `arch` entry: what `sampling.build_mask_generator` rebuilds G from."""
+    return {
+        "kind": cfg.kind,
+        "num_classes": table.num_classes,
+        "height": height,
+        "width": width,
+        "latent_dim": cfg.latent_dim,
+        "g_channels": cfg.g_channels,
+        "g_norm": cfg.g_norm,
+        "d_channels": cfg.d_channels,
+        "mbstd_group": cfg.mbstd_group,
+        "colors": table.colors.tolist(),
+    }
+
+
+def build_state(
+    cfg: TrainMasksConfig, arch: dict, device: torch.device, fmt: torch.memory_format
+) -> gan.GanState:
+    """G, its EMA copy, D and their optimisers, with seeded initial weights (the global RNG is
+    left untouched). One CPU torch.Generator per rank then drives every random draw (batches,
+    flips, latents, noise) and is checkpointed, so a resumed run continues exactly; rank 0's
+    stream is the one a run alone draws."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        try:
+            G = build_mask_generator(arch)
+        except ValueError as e:
+            raise DatasetError(f"{cfg.data}: {e}") from None
+        d_in = arch["num_classes"] if cfg.kind == "semgan" else 3
+        D = MaskDiscriminator(d_in, arch["height"], arch["width"], cfg.d_channels, cfg.mbstd_group)
+    G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
+    ema = copy.deepcopy(G).eval().requires_grad_(False)  # plain BN: refreshed and sampled locally
+    G = distributed.sync_batch_norm(G)  # one set of batch statistics over all ranks
+    return gan.GanState(
+        G=G,
+        ema=ema,
+        D=D,
+        opt_g=torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas),
+        opt_d=torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas),
+        rng=torch.Generator().manual_seed(distributed.rank_seed(cfg.seed)),
     )
-
-
-def load_mask_generator(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The EMA generator of a train_masks checkpoint (weights-only load), in eval mode."""
-    ckpt = load_checkpoint(path)
-    if "arch" not in ckpt or "ema" not in ckpt:
-        raise SemsynthError(f"{path} is not a train_masks checkpoint (no 'arch' / 'ema' entries)")
-    g = build_generator(ckpt["arch"])
-    g.load_state_dict(ckpt["ema"])
-    return g.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def refresh_batch_norm(generator: MaskGenerator, batches: int, batch_size: int, seed: int) -> None:
     """Re-estimate the BN running stats of (EMA) weights from `batches` train-mode passes on
-    seeded latents (exact average), then leave G in eval mode.
-
-    The EMA averages weights, not statistics: the stats G gathered while training belong to
-    other weights, and samples drawn with them were visibly wrong (all background).
-    """
+    seeded latents (exact average), then leave G in eval mode."""
     device = next(generator.parameters()).device
     rng = torch.Generator().manual_seed(seed)
 
     def forward() -> None:
         generator(torch.randn(batch_size, generator.latent_dim, generator=rng).to(device))
 
-    distributed.recompute_batch_norm(generator, forward, batches)
-
-
-def latent(seed: int, index: int, dim: int) -> torch.Tensor:
-    """Latent of sample `index`: depends on (seed, index) only, never on batching."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63))
-    return torch.randn(dim, generator=g)
-
-
-@torch.no_grad()
-def sample_masks_and_distance(
-    generator: torch.nn.Module,
-    n: int,
-    seed: int,
-    batch_size: int = 64,
-    start: int = 0,
-    *,
-    bf16: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Masks uint8 [n, H, W] of samples start..start+n-1, and for the rgb baseline the distance
-    of each pixel's colour to its class colour before quantisation (float32 [n, H, W])."""
-    device = next(generator.parameters()).device
-    masks = np.empty((n, generator.height, generator.width), dtype=np.uint8)
-    dist = np.empty(masks.shape, dtype=np.float32) if generator.kind == "rgb" else None
-    for s in range(0, n, batch_size):
-        idx = range(start + s, start + min(s + batch_size, n))
-        z = torch.stack([latent(seed, i, generator.latent_dim) for i in idx]).to(device)
-        with autocast(device, bf16):
-            out = generator(z)
-        ids, d = generator.to_ids(out)
-        masks[s : s + len(idx)] = ids.cpu().numpy().astype(np.uint8)
-        if dist is not None:
-            dist[s : s + len(idx)] = d.cpu().numpy()
-    return masks, dist
-
-
-def sample_masks(
-    generator: torch.nn.Module,
-    n: int,
-    seed: int,
-    batch_size: int = 64,
-    start: int = 0,
-    *,
-    bf16: bool = False,
-) -> np.ndarray:
-    """uint8 [n, H, W] class maps of samples start..start+n-1; deterministic for (seed, index).
-
-    fp32 by default: bf16 kernels may round differently with the batch size, which flips the
-    argmax of ~1 pixel in 1000 at near-ties; fp32 keeps sample i identical however it is batched.
-    """
-    return sample_masks_and_distance(generator, n, seed, batch_size, start, bf16=bf16)[0]
+    gan.recompute_batch_norm(generator, forward, batches)
 
 
 def grid_png(masks: np.ndarray, table: ClassTable, cols: int = 8) -> bytes:
@@ -289,9 +272,46 @@ def grid_png(masks: np.ndarray, table: ClassTable, cols: int = 8) -> bytes:
     for i, im in enumerate(rgb):
         r, c = divmod(i, cols)
         canvas[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = im
-    buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="PNG")
-    return buf.getvalue()
+    return gan.png_bytes(canvas)
+
+
+class RealMaps:
+    """What D sees: batches of real maps (one-hot, or colour-coded for the rgb baseline) and
+    G's output as D sees it, all drawn from the run's random stream."""
+
+    def __init__(self, cfg: TrainMasksConfig, real: np.ndarray, table: ClassTable, **where: Any):
+        self.cfg, self.c = cfg, table.num_classes
+        self.real = torch.from_numpy(real).long()
+        self.device, self.fmt, self.rng, self.batch = (
+            where["device"], where["fmt"], where["rng"], where["batch"]
+        )  # fmt: skip
+        colors = torch.from_numpy(table.colors).float().to(self.device)
+        self.palette = colors / 127.5 - 1  # [C, 3] in [-1, 1]
+
+    def real_batch(self) -> torch.Tensor:
+        ids = self.real[torch.randint(len(self.real), (self.batch,), generator=self.rng)]
+        if self.cfg.flip:
+            flip = torch.rand(self.batch, generator=self.rng) < 0.5
+            ids = torch.where(flip[:, None, None], ids.flip(-1), ids)
+        ids = ids.to(self.device)
+        if self.cfg.kind == "semgan":  # one-hot, optionally moved off the corners of the simplex
+            x = noisy_one_hot(one_hot(ids, self.c), self.cfg.real_noise, self.rng)
+        else:  # colour-coded map in [-1, 1], as the baseline draws it
+            x = self.palette[ids].permute(0, 3, 1, 2)
+        return x.contiguous(memory_format=self.fmt)
+
+    def to_d(self, g_out: torch.Tensor) -> torch.Tensor:
+        """What D sees of G's output: softmax, straight-through Gumbel one-hot, or RGB."""
+        if self.cfg.kind != "semgan":
+            return g_out.to(memory_format=self.fmt)
+        if self.cfg.gumbel:
+            x = gumbel_softmax_st(g_out, self.cfg.gumbel_tau, self.rng)
+        else:
+            x = F.softmax(g_out.float(), dim=1)
+        return x.to(memory_format=self.fmt)
+
+    def noise(self) -> torch.Tensor:
+        return torch.randn(self.batch, self.cfg.latent_dim, generator=self.rng).to(self.device)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -301,240 +321,122 @@ def grid_png(masks: np.ndarray, table: ClassTable, cols: int = 8) -> bytes:
 def train_masks(
     cfg: TrainMasksConfig,
     *,
+    restart: bool = False,
     progress: bool = True,
-    stop_after_steps: int | None = None,
+    stop_after_images: int | None = None,
 ) -> dict[str, float]:
     """Train, checkpoint, evaluate; returns the metrics written to `cfg.metrics`.
 
-    `stop_after_steps` ends the run early after that many total steps, with a checkpoint, as an
-    interruption would (the next call resumes from it).
+    Resumes `OUT/checkpoint.pt` when it was written with the same settings (an error naming the
+    keys otherwise); `restart` trains from scratch. `stop_after_images` ends the run early, with
+    a checkpoint, as an interruption would (the next call resumes from it).
 
     Under torchrun: `cfg.batch_size` stays the global batch (each rank trains on its share), the
     step and image counts are global, and ranks > 0 return {} (rank 0 evaluates and writes).
     """
-    from dvclive import Live
-
     proc = distributed.init(cfg.device)
     device = proc.device
     batch = distributed.per_rank_batch(cfg.batch_size, "train_masks.batch_size")
     table = load_class_table(cfg.data)
     real = fill_void(load_masks(cfg.data, "train"), table.num_classes)
-    eval_split = "val" if "val" in splits(cfg.data) else "train"
-    real_eval = fill_void(load_masks(cfg.data, eval_split), table.num_classes)
-    n_real, height, width = real.shape
-    c = table.num_classes
-    semgan = cfg.kind == "semgan"
-    arch = {
-        "kind": cfg.kind,
-        "num_classes": c,
-        "height": height,
-        "width": width,
-        "latent_dim": cfg.latent_dim,
-        "g_channels": cfg.g_channels,
-        "g_norm": cfg.g_norm,
-        "d_channels": cfg.d_channels,
-        "mbstd_group": cfg.mbstd_group,
-        "colors": table.colors.tolist(),
-    }
-
-    # Networks, optimisers, EMA copy. One CPU torch.Generator per rank drives every random draw
-    # (batches, flips, latents, noise), and is checkpointed, so a resumed run continues exactly.
-    # Rank 0's stream is the one a run alone draws; other ranks draw from streams of their own.
-    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global state untouched
-        torch.manual_seed(cfg.seed)
-        try:
-            G = build_generator(arch)
-        except ValueError as e:
-            raise DatasetError(f"{cfg.data}: {e}") from None
-        D = MaskDiscriminator(c if semgan else 3, height, width, cfg.d_channels, cfg.mbstd_group)
-    G = distributed.sync_batch_norm(G)  # one set of batch statistics over all ranks
-    channels_last = use_channels_last(device, cfg.bf16)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-    rng = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed))
-    step, images_seen = 0, 0
-
-    out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT
-    resumed = cfg.resume and ckpt_path.is_file()
-    if resumed:
-        ckpt = load_checkpoint(ckpt_path)
-        old = ckpt.get("arch", {})
-        diff = [k for k in arch if old.get(k) != arch[k]]
-        if diff:
-            raise ConfigError(
-                f"{ckpt_path} was trained with different {diff}; delete it, point "
-                "train_masks.out elsewhere, or set train_masks.resume=false to start over"
-            )
-        G.load_state_dict(ckpt["model"])
-        G_ema.load_state_dict(ckpt["ema"])
-        D.load_state_dict(ckpt["discriminator"])
-        opt_g.load_state_dict(ckpt["optimizer"]["g"])
-        opt_d.load_state_dict(ckpt["optimizer"]["d"])
-        step, images_seen = int(ckpt["step"]), int(ckpt["images_seen"])
-        exact = distributed.set_rng_state(rng, ckpt["rng"], cfg.seed, step)
-        if not exact and proc.main:
-            print(
-                f"train_masks: {ckpt_path} was written by another number of processes; "
-                "resuming with fresh random streams"
-            )
-
-    # DDP wrappers: forward through G_ddp / D_ddp only in the step that updates that network,
-    # so DDP averages exactly the gradients an optimiser uses; G, D are the same modules unwrapped
-    # (the same objects when alone).
-    G_ddp, D_ddp = distributed.wrap(G, proc), distributed.wrap(D, proc)
-
-    def save(final: bool) -> None:
-        rng_states = distributed.rng_state(rng)  # every rank's stream: all ranks call this
-        # Deterministic and local: every rank refreshes, so the EMA stays the same everywhere.
-        refresh_batch_norm(G_ema, cfg.bn_refresh_batches, batch, cfg.seed)
-        if not proc.main:
-            return
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": G.state_dict(),
-                "ema": G_ema.state_dict(),
-                "discriminator": D.state_dict(),
-                "optimizer": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
-                "step": step,
-                "images_seen": images_seen,
-                "rng": rng_states,
-                "arch": arch,
-                "config": to_dict(cfg),
-                "finished": final,
-            },
-        )
-        grid, _ = sample_masks_and_distance(G_ema, 32, seed=cfg.seed, bf16=cfg.bf16)
-        png = grid_png(grid, table)
-        atomic_write_bytes(out / "samples.png", png)
-        atomic_write_bytes(out / "grids" / f"samples-{images_seen // 1000:06d}kimg.png", png)
-        live.log_image("samples.png", Image.open(io.BytesIO(png)))
-
-    real_t = torch.from_numpy(real).long()
-    palette = torch.from_numpy(table.colors).float().to(device) / 127.5 - 1  # [C, 3] in [-1, 1]
-    beta = ema_beta(cfg.batch_size, cfg.ema_kimg)
-    total = int(cfg.kimg * 1000)
-    next_log = images_seen + cfg.log_kimg * 1000
-    next_snapshot = images_seen + cfg.snapshot_kimg * 1000
-
-    def real_batch() -> torch.Tensor:
-        ids = real_t[torch.randint(n_real, (batch,), generator=rng)]
-        if cfg.flip:
-            flip = torch.rand(batch, generator=rng) < 0.5
-            ids = torch.where(flip[:, None, None], ids.flip(-1), ids)
-        ids = ids.to(device)
-        if semgan:  # one-hot, optionally moved off the corners of the simplex
-            x = noisy_one_hot(one_hot(ids, c), cfg.real_noise, rng)
-        else:  # colour-coded map in [-1, 1], as the baseline draws it
-            x = palette[ids].permute(0, 3, 1, 2)
-        return x.contiguous(memory_format=fmt)
-
-    def to_d(g_out: torch.Tensor) -> torch.Tensor:
-        """What D sees of G's output: softmax, straight-through Gumbel one-hot, or RGB."""
-        if not semgan:
-            return g_out
-        if cfg.gumbel:
-            return gumbel_softmax_st(g_out, cfg.gumbel_tau, rng)
-        return F.softmax(g_out.float(), dim=1)
-
-    def noise() -> torch.Tensor:
-        return torch.randn(batch, cfg.latent_dim, generator=rng).to(device)
-
-    live = (
-        Live(dir=cfg.live_dir, save_dvc_exp=False, dvcyaml=None, resume=resumed)
-        if proc.main
-        else None
-    )
-    bar = tqdm(
-        total=total, initial=min(images_seen, total), unit="img",
-        disable=not progress or not proc.main, desc=f"train_masks ({cfg.kind})",
+    arch = build_arch(cfg, table, *real.shape[1:])
+    fmt = torch.channels_last if use_channels_last(device, cfg.bf16) else torch.contiguous_format
+    state = build_state(cfg, arch, device, fmt)
+    out, config = Path(cfg.out), to_dict(cfg)
+    ckpt_path = out / gan.GAN_CHECKPOINT
+    resumed = gan.resume(
+        ckpt_path, state, stage=SECTION, arch=arch, config=config,
+        may_differ=MAY_DIFFER, seed=cfg.seed, restart=restart,
     )  # fmt: skip
-    t0, seen0 = time.perf_counter(), images_seen
-    log_d, log_g, log_r1 = [], [], []
-    while images_seen < total and (stop_after_steps is None or step < stop_after_steps):
+    G, D, rng = state.G, state.D, state.rng
+    # DDP wrappers: forward through G_ddp / D_ddp only in the step that updates that network,
+    # so DDP averages exactly the gradients an optimiser uses (the same modules when alone).
+    G_ddp, D_ddp = distributed.wrap(G, proc), distributed.wrap(D, proc)
+    maps = RealMaps(cfg, real, table, device=device, fmt=fmt, rng=rng, batch=batch)
+    live = open_live(cfg.live_dir, resumed, proc.main)
+
+    def snapshot(finished: bool) -> None:
+        # Deterministic and local: every rank refreshes, so the EMA stays the same everywhere.
+        refresh_batch_norm(state.ema, cfg.bn_refresh_batches, batch, cfg.seed)
+        gan.save(ckpt_path, state, main=proc.main, arch=arch, config=config, finished=finished)
+        if proc.main:
+            grid, _ = sample_masks_and_distance(state.ema, 32, seed=cfg.seed, bf16=cfg.bf16)
+            gan.write_grid(out, grid_png(grid, table), state.images_seen, live)
+
+    schedule = gan.Schedule.of(cfg, stop_after_images)
+    losses = gan.LossWindow("loss_d", "loss_g", "r1")
+    desc = f"train_masks ({cfg.kind})"
+    bar = gan.progress_bar(cfg.total_images, state.images_seen, desc, progress and proc.main)
+    t0, seen0 = time.perf_counter(), state.images_seen
+    while state.images_seen < schedule.stop:
         # D step: logistic loss on reals vs detached fakes, plus lazy R1 on reals. R1 takes the
         # gradient with respect to the inputs only, so DDP's hooks on D's parameters fire once,
         # in the backward of the whole loss, which averages the R1 term's gradients too.
-        x_real = real_batch()
-        do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
+        x_real = maps.real_batch()
+        do_r1 = cfg.r1_gamma > 0 and state.step % cfg.r1_interval == 0
         x_real.requires_grad_(do_r1)
         with autocast(device, cfg.bf16):
             with torch.no_grad():
-                x_fake = to_d(G(noise()))
+                x_fake = maps.to_d(G(maps.noise()))
             real_logits = D_ddp(x_real)
-            fake_logits = D_ddp(x_fake.to(memory_format=fmt))
+            fake_logits = D_ddp(x_fake)
             loss_d = d_logistic_loss(real_logits, fake_logits)
             if do_r1:  # gradient penalty kept in fp32 (r1_penalty casts)
                 r1 = r1_penalty(real_logits, x_real)
                 loss_d = loss_d + r1 * (cfg.r1_gamma / 2 * cfg.r1_interval)
-                log_r1.append(r1.item())
-        opt_d.zero_grad(set_to_none=True)
+                losses.add(r1=r1)
+        state.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        opt_d.step()
+        state.opt_d.step()
 
         # G step: non-saturating loss through D, frozen (its gradients would be discarded).
         D.requires_grad_(False)
         with autocast(device, cfg.bf16):
-            loss_g = g_nonsaturating_loss(D(to_d(G_ddp(noise())).to(memory_format=fmt)))
-        opt_g.zero_grad(set_to_none=True)
+            loss_g = g_nonsaturating_loss(D(maps.to_d(G_ddp(maps.noise()))))
+        state.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        opt_g.step()
+        state.opt_g.step()
         D.requires_grad_(True)
 
-        # EMA of G as a lerp; with no batch statistics in G there are no buffers to copy. G's
-        # weights are the same on every rank after the step, so the EMA is too.
-        with torch.no_grad():
-            for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - beta)
-
-        # Progress counted in real images shown to D (over all ranks: the global batch).
-        step += 1
-        images_seen += cfg.batch_size
-        bar.update(cfg.batch_size)
-        log_d.append(loss_d.item())
-        log_g.append(loss_g.item())
-        if images_seen >= next_log:
-            # Curves: each rank's window mean, averaged over ranks (same numbers everywhere).
-            means = {"loss_d": float(np.mean(log_d)), "loss_g": float(np.mean(log_g))}
-            if log_r1:
-                means["r1"] = float(np.mean(log_r1))
-            means = distributed.all_reduce_mean(means)
-            if proc.main:
-                live.step = step
-                live.log_metric("kimg", images_seen / 1000)
-                live.log_metric("loss_d", means["loss_d"])
-                live.log_metric("loss_g", means["loss_g"])
-                if "r1" in means:
-                    live.log_metric("r1", means["r1"])
-            bar.set_postfix(d=f"{means['loss_d']:.3f}", g=f"{means['loss_g']:.3f}")
-            log_d, log_g, log_r1 = [], [], []
-            next_log += cfg.log_kimg * 1000
-        if images_seen >= next_snapshot:
-            save(final=False)
-            next_snapshot += cfg.snapshot_kimg * 1000
+        # Progress in real images shown to D (over all ranks: the global batch), the EMA of G,
+        # curves, and checkpoints with sample grids on schedule.
+        schedule.after_step(state, losses, live, bar, snapshot, loss_d=loss_d, loss_g=loss_g)
     bar.close()
     seconds = time.perf_counter() - t0
-    finished = images_seen >= total
-    save(final=finished)
-    distributed.dump_rank_state(
-        model=G.state_dict(), ema=G_ema.state_dict(), discriminator=D.state_dict()
-    )
+    finished = state.images_seen >= cfg.total_images
+    snapshot(finished=finished)
+    distributed.check_replicas_agree(model=G.state_dict(), ema=state.ema.state_dict(),
+                                     discriminator=D.state_dict())  # fmt: skip
     if not proc.main:
         return {}
+    speed = (state.images_seen - seen0) / max(seconds, 1e-9)
+    metrics = final_metrics(cfg, state, table, finished, speed, device)
+    for k, v in metrics.items():
+        live.summary[k] = v
+    live.end()
+    write_metrics(cfg.metrics, metrics)
+    return metrics
 
-    # Metrics of EMA samples against the held-out real masks (rank 0 only; the others are done).
+
+def final_metrics(
+    cfg: TrainMasksConfig,
+    state: gan.GanState,
+    table: ClassTable,
+    finished: bool,
+    speed: float,
+    device: torch.device,
+) -> dict[str, float]:
+    """Mask-quality metrics of EMA samples against the held-out real masks (rank 0)."""
+    eval_split = "val" if "val" in splits(cfg.data) else "train"
+    real_eval = fill_void(load_masks(cfg.data, eval_split), table.num_classes)
     fake, dist = sample_masks_and_distance(
-        G_ema, cfg.eval_samples, seed=cfg.seed + 1, bf16=cfg.bf16
+        state.ema, cfg.eval_samples, seed=cfg.seed + 1, bf16=cfg.bf16
     )
-    metrics = {
-        "kimg": images_seen / 1000,
-        "steps": float(step),
+    return {
+        "images_seen": float(state.images_seen),
+        "steps": float(state.step),
         "finished": float(finished),
-        "train_img_per_s": (images_seen - seen0) / max(seconds, 1e-9),
+        "train_img_per_s": speed,
         **mask_quality(
             fake,
             real_eval,
@@ -547,11 +449,6 @@ def train_masks(
             device=device,
         ),
     }
-    for k, v in metrics.items():
-        live.summary[k] = v
-    live.end()
-    write_metrics(cfg.metrics, metrics)
-    return metrics
 
 
 # -----------------------------------------------------------------------------------------------
@@ -559,9 +456,9 @@ def train_masks(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    gan.add_arguments(parser)  # --quiet, --restart
 
 
 def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
     cfg = section(params, SECTION, TrainMasksConfig)
-    return train_masks(cfg, progress=not getattr(args, "quiet", False))
+    return train_masks(cfg, restart=args.restart, progress=not args.quiet)

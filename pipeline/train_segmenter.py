@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,16 +31,17 @@ from models.segmenter import ARCHS, ENCODERS, build_segmenter, segmentation_loss
 from pipeline import distributed
 from pipeline.augment import AugmentConfig, augment
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.classes import ClassTable
 from pipeline.config import ConfigError, section, to_dict
 from pipeline.device import autocast, use_channels_last
 from pipeline.errors import DatasetError
-from pipeline.io_utils import write_metrics
+from pipeline.io_utils import open_live, write_metrics
 from pipeline.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from pipeline.predict import MODES, predict, run_name
 from pipeline.pretrained import encoder_state_dict
-from pipeline.shards import label_subset, load_class_table, load_split, splits
+from pipeline.shards import heldout_split, label_subset, load_class_table, load_split
 
 SECTION = "train_segmenter"
-MODES = ("real", "real_synth")
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,6 @@ Config = TrainSegmenterConfig
 # ---- data: subsets, mixing, batches ---------------------------------------------------------
 
 
-def run_name(mode: str, seed: int, real_fraction: float = 1.0) -> str:
-    """`real-seed0`, or `real-frac0.1-seed0` for a 10% label subset (as dvc.yaml spells it)."""
-    frac = "" if real_fraction >= 1 else f"-frac{real_fraction:g}"
-    return f"{mode}{frac}-seed{seed}"
-
-
 def synth_seen_after(step: int, batch_size: int, synth_fraction: float) -> int:
     """Synthetic images in the first `step` batches: the running total stays exact."""
     return round(step * batch_size * synth_fraction)
@@ -149,15 +144,6 @@ def batch_indices(
     return real, synth
 
 
-def heldout_split(root: Path) -> str:
-    """The real held-out split: `test` when the dataset has one, else `val`."""
-    have = splits(root)
-    for s in ("test", "val"):
-        if s in have:
-            return s
-    raise DatasetError(f"{root}: no test or val split to evaluate on (splits: {have})")
-
-
 def _to_tensors(images: np.ndarray, masks: np.ndarray, device: torch.device):
     x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255  # [N, 3, H, W]
     return x, torch.from_numpy(masks).to(device).long()
@@ -170,37 +156,7 @@ def _lr(step: int, cfg: TrainSegmenterConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
 
 
-# ---- model I/O and prediction ---------------------------------------------------------------
-
-
-def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A trained segmenter from its `model.pt` (weights only), in eval mode."""
-    ckpt = load_checkpoint(path)
-    meta = ckpt["config"]
-    model = build_segmenter(meta["arch"], meta["encoder"], meta["num_classes"])
-    model.load_state_dict(ckpt["model"])
-    model.meta = meta  # class names, ignore index, mode, seed, fraction
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def predict(
-    model: torch.nn.Module, images: np.ndarray, batch_size: int = 32, bf16: bool = False
-) -> np.ndarray:
-    """uint8 [N, H, W, 3] → uint8 [N, H, W] class ids (argmax)."""
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(
-            f"predict wants uint8 [N, H, W, 3] images, got {images.dtype} {images.shape}"
-        )
-    model.eval()
-    device = next(model.parameters()).device
-    out = np.empty(images.shape[:3], dtype=np.uint8)
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2)
-        with autocast(device, bf16):
-            logits = model(x.float() / 255)
-        out[i : i + batch_size] = logits.argmax(1).to(torch.uint8).cpu().numpy()
-    return out
+# ---- scores ---------------------------------------------------------------
 
 
 def score(pred: np.ndarray, masks: np.ndarray, names: list[str], ignore_index: int) -> dict:
@@ -220,38 +176,29 @@ def score_confusion(cm: np.ndarray, names: list[str]) -> dict:
 # ---- the training loop ----------------------------------------------------------------------
 
 
-def train_segmenter(
+@dataclass(frozen=True)
+class RunData:
+    """One run's data: the real labels kept, the synthetic pool (empty in mode real), and the
+    real held-out split it is scored on. uint8 images [N, H, W, 3], masks [N, H, W]."""
+
+    table: ClassTable
+    images: np.ndarray
+    masks: np.ndarray
+    s_images: np.ndarray
+    s_masks: np.ndarray
+    h_images: np.ndarray
+    h_masks: np.ndarray
+
+
+def load_run_data(
     cfg: TrainSegmenterConfig,
     real_dir: Path,
     synth_dir: Path | None,
-    out_dir: Path,
     mode: str,
+    frac: float,
     seed: int,
-    *,
-    real_fraction: float | None = None,
-    metrics_path: Path | None = None,
-    live_dir: Path | None = None,
-    resume: bool = True,
-    progress: bool = True,
-) -> dict[str, float]:
-    """Train one run into `out_dir/model.pt`; returns (and writes) its held-out metrics.
-
-    Under torchrun: `cfg.batch_size` stays the global batch (each rank trains on its share), the
-    seen counts are global, and ranks > 0 return {} (rank 0 writes).
-    """
-    t0 = time.perf_counter()
-    if mode not in MODES:
-        raise ConfigError(f"--mode {mode!r} is unknown; valid: {list(MODES)}")
-    frac = cfg.real_fraction if real_fraction is None else real_fraction
-    name = run_name(mode, seed, frac)
-    out_dir = Path(out_dir)
-    metrics_path = Path(metrics_path or Path(cfg.metrics_dir) / f"{name}.json")
-    proc = distributed.init(cfg.device)
-    device = proc.device
-    distributed.per_rank_batch(cfg.batch_size, "train_segmenter.batch_size")  # equal shares
-    torch.manual_seed(seed)  # smp initialises its decoder from the global generator
-
-    # Data: the real labels kept (seeded subset), and the synthetic pool in real_synth mode.
+) -> RunData:
+    """The real labels kept (seeded subset), and the synthetic pool in real_synth mode."""
     table = load_class_table(real_dir)
     images, masks, _ = load_split(real_dir, "train")
     if images is None:
@@ -275,20 +222,67 @@ def train_segmenter(
         if cfg.synth_budget:
             pick = label_subset(len(s_masks), min(1.0, cfg.synth_budget / len(s_masks)), seed + 1)
             s_images, s_masks = s_images[pick], s_masks[pick]
-    n_real, n_synth = len(masks), len(s_masks)
-    synth_fraction = cfg.synth_fraction if n_synth else 0.0
     h_images, h_masks, _ = load_split(real_dir, heldout_split(real_dir))
+    return RunData(table, images, masks, s_images, s_masks, h_images, h_masks)
+
+
+def train_segmenter(
+    cfg: TrainSegmenterConfig,
+    real_dir: Path,
+    synth_dir: Path | None,
+    out_dir: Path,
+    mode: str,
+    seed: int,
+    *,
+    real_fraction: float | None = None,
+    metrics_path: Path | None = None,
+    live_dir: Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train one run into `out_dir/model.pt`; returns (and writes) its held-out metrics.
+
+    Under torchrun: `cfg.batch_size` stays the global batch (each rank trains on its share), the
+    seen counts are global, and ranks > 0 return {} (rank 0 writes). smp initialises its decoder
+    and EfficientNet's stochastic depth draws from torch's global generator: the run seeds it
+    inside `fork_rng`, so the caller's random state (a Prefect worker's, say) is left as it was.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r} is unknown; valid: {list(MODES)}")
+    proc = distributed.init(cfg.device)
+    devices = [proc.device.index or 0] if proc.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return _train(
+            cfg, proc, real_dir, synth_dir, Path(out_dir), mode, seed,
+            frac=cfg.real_fraction if real_fraction is None else real_fraction,
+            metrics_path=metrics_path, live_dir=live_dir, resume=resume, progress=progress,
+        )  # fmt: skip
+
+
+def _train(
+    cfg: TrainSegmenterConfig,
+    proc: distributed.DistInfo,
+    real_dir: Path,
+    synth_dir: Path | None,
+    out_dir: Path,
+    mode: str,
+    seed: int,
+    **opts: Any,
+) -> dict[str, float]:
+    t0 = time.perf_counter()
+    frac = opts["frac"]
+    name = run_name(mode, seed, frac)
+    metrics_path = Path(opts["metrics_path"] or Path(cfg.metrics_dir) / f"{name}.json")
+    device = proc.device
+    distributed.per_rank_batch(cfg.batch_size, "train_segmenter.batch_size")  # equal shares
+    data = load_run_data(cfg, real_dir, synth_dir, mode, frac, seed)
+    table = data.table
+    n_real, n_synth = len(data.masks), len(data.s_masks)
+    synth_fraction = cfg.synth_fraction if n_synth else 0.0
 
     # Model, optimizer; resume from an unfinished checkpoint of the same run.
-    weights = encoder_state_dict(cfg.encoder, cfg.encoder_weights)
-    model = build_segmenter(cfg.arch, cfg.encoder, table.num_classes, weights).to(device)
-    # Under torchrun batch norm takes its statistics over the global batch: a rank's share can be
-    # a handful of images, too few for BN, and the running stats then agree on every rank.
-    model = distributed.sync_batch_norm(model)
-    channels_last = use_channels_last(device, cfg.bf16)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, opt, channels_last = build_model(cfg, table.num_classes, device)
     meta = {
         "arch": cfg.arch,
         "encoder": cfg.encoder,
@@ -300,40 +294,23 @@ def train_segmenter(
         "real_fraction": frac,
         "train_config": to_dict(cfg),
     }
-    ckpt_path, start, seen = out_dir / "model.pt", 0, [0, 0]
-    if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, device)
-        same = {k: v for k, v in ckpt.get("config", {}).items() if k != "train_config"}
-        if "optimizer" in ckpt and same == {k: v for k, v in meta.items() if k != "train_config"}:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            start, seen = int(ckpt["step"]), list(ckpt["seen"])
-            if proc.main:
-                print(f"train_segmenter {name}: resuming at step {start}/{cfg.steps}")
+    ckpt_path = out_dir / "model.pt"
+    start, seen = resume_run(ckpt_path, model, opt, meta, device) if opts["resume"] else (0, [0, 0])
+    if start and proc.main:
+        print(f"train_segmenter {name}: resuming at step {start}/{cfg.steps}")
     # Forward and backward through ddp; `model` stays the unwrapped module. timm encoders keep
     # their classifier's conv_head and bn2, which smp's feature extractor never uses: DDP must
     # be told to expect parameters without gradients.
     ddp = distributed.wrap(model, proc, find_unused_parameters=True)
-
-    from dvclive import Live
-
-    live = None
-    if proc.main:  # rank 0 alone writes curves, checkpoints and metrics
-        live = Live(
-            dir=str(live_dir or Path(cfg.live_dir) / name),
-            resume=start > 0,
-            save_dvc_exp=False,
-            dvcyaml=None,
-        )
-    names = table.names
+    live = open_live(opts["live_dir"] or Path(cfg.live_dir) / name, start > 0, proc.main)
 
     def heldout_scores() -> dict:
         # Each rank predicts its strided shard (all of it alone); the confusion matrices add up.
-        shard = distributed.shard(range(len(h_masks)))
-        pred = predict(model, h_images[shard])  # fp32, as `evaluate` scores it
-        cm = confusion_matrix(pred, h_masks[shard], len(names), table.ignore_index)
+        shard = distributed.shard(range(len(data.h_masks)))
+        pred = predict(model, data.h_images[shard])  # fp32, as `evaluate` scores it
+        cm = confusion_matrix(pred, data.h_masks[shard], len(table.names), table.ignore_index)
         cm = distributed.all_reduce_sum(torch.from_numpy(cm)).numpy()
-        return score_confusion(cm, names)
+        return score_confusion(cm, table.names)
 
     def save(step: int, final: bool) -> None:
         state = {"model": model.state_dict(), "step": step, "seen": seen, "config": meta}
@@ -345,25 +322,13 @@ def train_segmenter(
     bar = tqdm(
         range(start, cfg.steps),
         desc=f"segmenter {name}",
-        disable=not progress or not proc.main,
+        disable=not opts["progress"] or not proc.main,
         leave=False,
     )
     for step in bar:
         # Batch: real and synthetic indices, then one augmentation draw, all seeded by step.
         ri, si = batch_indices(step, cfg.batch_size, synth_fraction, n_real, n_synth, seed)
-        x, y = _to_tensors(images[ri], masks[ri], device)
-        if len(si):
-            xs, ys = _to_tensors(s_images[si], s_masks[si], device)
-            x, y = torch.cat([x, xs]), torch.cat([y, ys])
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        # EfficientNet's stochastic depth draws from torch's global generator: seeding it per
-        # step keeps a resumed run on the same path as an uninterrupted one (and per rank, so
-        # ranks drop different paths; alone the seed is seed * 1_000_003 + step)
-        torch.manual_seed((seed * 1_000_003 + step) * proc.world_size + proc.rank)
-        x, y = augment(x, y, cfg.augment, gen, table.ignore_index)
-        # Under torchrun every rank built the same global batch; each keeps every N-th sample
-        # (real and synthetic alike, as the batch mixes them). Alone this keeps the whole batch.
-        x, y = x[proc.rank :: proc.world_size], y[proc.rank :: proc.world_size]
+        x, y = make_batch(cfg, data, ri, si, step, seed, proc)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
 
@@ -399,7 +364,7 @@ def train_segmenter(
     t_eval = time.perf_counter()
     scores = heldout_scores()
     eval_seconds = time.perf_counter() - t_eval
-    distributed.dump_rank_state(model=model.state_dict())
+    distributed.check_replicas_agree(model=model.state_dict())
     if not proc.main:
         return {}
     live.log_metric("heldout/miou", scores["miou"])
@@ -416,11 +381,69 @@ def train_segmenter(
         "seed": float(seed),
         "steps": float(cfg.steps),
         "train_images_per_s": round(trained * cfg.batch_size / max(train_seconds, 1e-9), 2),
-        "eval_images_per_s": round(len(h_masks) / max(eval_seconds, 1e-9), 2),
+        "eval_images_per_s": round(len(data.h_masks) / max(eval_seconds, 1e-9), 2),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     write_metrics(metrics_path, metrics)
     return metrics
+
+
+def make_batch(
+    cfg: TrainSegmenterConfig,
+    data: RunData,
+    real_idx: np.ndarray,
+    synth_idx: np.ndarray,
+    step: int,
+    seed: int,
+    proc: distributed.DistInfo,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of global batch `step`: real then synthetic pairs, augmented."""
+    x, y = _to_tensors(data.images[real_idx], data.masks[real_idx], proc.device)
+    if len(synth_idx):
+        xs, ys = _to_tensors(data.s_images[synth_idx], data.s_masks[synth_idx], proc.device)
+        x, y = torch.cat([x, xs]), torch.cat([y, ys])
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    # EfficientNet's stochastic depth draws from torch's global generator: seeding it per
+    # step keeps a resumed run on the same path as an uninterrupted one (and per rank, so
+    # ranks drop different paths; alone the seed is seed * 1_000_003 + step)
+    torch.manual_seed((seed * 1_000_003 + step) * proc.world_size + proc.rank)
+    x, y = augment(x, y, cfg.augment, gen, data.table.ignore_index)
+    # Under torchrun every rank built the same global batch; each keeps every N-th sample
+    # (real and synthetic alike, as the batch mixes them). Alone this keeps the whole batch.
+    return x[proc.rank :: proc.world_size], y[proc.rank :: proc.world_size]
+
+
+def build_model(
+    cfg: TrainSegmenterConfig, num_classes: int, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, bool]:
+    """The segmenter (offline ImageNet encoder weights), its optimizer, and whether it runs
+    channels-last. Under torchrun batch norm takes its statistics over the global batch: a
+    rank's share can be a handful of images, too few for BN, and the running stats then agree
+    on every rank."""
+    weights = encoder_state_dict(cfg.encoder, cfg.encoder_weights)
+    model = build_segmenter(cfg.arch, cfg.encoder, num_classes, weights).to(device)
+    model = distributed.sync_batch_norm(model)
+    channels_last = use_channels_last(device, cfg.bf16)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return model, opt, channels_last
+
+
+def resume_run(
+    path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict, device: torch.device
+) -> tuple[int, list[int]]:
+    """(start step, [real, synthetic] images seen) of an unfinished checkpoint of the same run,
+    loaded into `model` and `opt`; (0, [0, 0]) when there is none."""
+    if not path.is_file():
+        return 0, [0, 0]
+    ckpt = load_checkpoint(path, device)
+    same = {k: v for k, v in ckpt.get("config", {}).items() if k != "train_config"}
+    if "optimizer" not in ckpt or same != {k: v for k, v in meta.items() if k != "train_config"}:
+        return 0, [0, 0]
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    return int(ckpt["step"]), list(ckpt["seen"])
 
 
 # ---- command line ---------------------------------------------------------------------------

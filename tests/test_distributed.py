@@ -28,7 +28,6 @@ def test_alone_everything_is_a_noop(monkeypatch: pytest.MonkeyPatch) -> None:
     assert distributed.all_reduce_mean({"loss": 2, "acc": 0.5}) == {"loss": 2.0, "acc": 0.5}
     assert distributed.shard(range(5)) == [0, 1, 2, 3, 4]
     assert distributed.per_rank_batch(8) == 8
-    assert distributed.is_main()
 
 
 # One tiny training run: each rank sees its DistributedSampler share of different data, DDP
@@ -64,7 +63,7 @@ SCRIPT = textwrap.dedent(
     metrics = distributed.all_reduce_mean({"loss": loss.item(), "rank": dist.rank, "seen": seen})
     weights = distributed.unwrap(model).weight.detach().flatten().tolist()
     out = {"metrics": metrics, "weights": weights, "world": dist.world_size,
-           "backend": dist.backend, "main": distributed.is_main()}
+           "backend": dist.backend, "main": dist.main}
 
     # Batch norm over the global batch: each rank normalises its half of x with the statistics of
     # all of it, so outputs, gradients and running stats equal plain BN on the whole batch
@@ -101,6 +100,14 @@ SCRIPT = textwrap.dedent(
     exact = distributed.set_rng_state(again, state, seed=5, step=0)
     out["rng"] = {"shape": list(state.shape), "draw": draw, "exact": exact,
                   "restored": torch.rand(3, generator=again).tolist() == draw}
+    # Replica check: equal states pass; a state that differs on one rank is named.
+    same = {"w": torch.arange(4.0), "n": torch.tensor(3)}
+    distributed.check_replicas_agree(model=same, ema=same)
+    try:
+        distributed.check_replicas_agree(model=same, ema={"w": torch.full((4,), float(dist.rank))})
+        out["diverged"] = None
+    except RuntimeError as e:
+        out["diverged"] = str(e)
     try:
         distributed.per_rank_batch(7, "stage.batch_size")
         out["odd_batch"] = None
@@ -161,3 +168,5 @@ def test_torchrun_two_gloo_processes_train_like_one(tmp_path: Path) -> None:
     assert all(r["rng"]["exact"] and r["rng"]["restored"] for r in [*ranks, single])
     assert "stage.batch_size 7 does not divide over 2 processes" in ranks[0]["odd_batch"]
     assert single["odd_batch"] is None
+    assert all("ranks disagree on ['ema']" in r["diverged"] for r in ranks)
+    assert single["diverged"] is None  # alone there is nothing to compare

@@ -12,8 +12,9 @@ import pytest
 from pipeline.errors import DatasetError
 from pipeline.evaluate import EvaluateConfig, evaluate
 from pipeline.metrics.segmentation import mean_std_ci95
+from pipeline.predict import run_name
 from pipeline.shards import Sample, ShardWriter, load_class_table, load_split
-from pipeline.train_segmenter import TrainSegmenterConfig, run_name, train_segmenter
+from pipeline.train_segmenter import TrainSegmenterConfig, train_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +123,13 @@ def test_missing_real_runs_say_what_to_run(tiny_shapes, runs, tmp_path):
 
 def test_synth_ratio_uses_the_image_generator(tiny_shapes, runs, tmp_path, monkeypatch):
     """With a generator that returns the real images, the ratio must be exactly 1."""
-    import pipeline.train_images as ti
+    import pipeline.evaluate as ev
 
     images, _, _ = load_split(tiny_shapes, "val")
-    gen = tmp_path / "generator.pt"
+    gen = tmp_path / "checkpoint.pt"
     gen.write_bytes(b"stand-in")
-    monkeypatch.setattr(ti, "load_image_generator", lambda path, device: "G")
-    monkeypatch.setattr(
-        ti, "synthesize", lambda g, masks, seed, n_per_mask=1: images[:, None].copy()
-    )
+    monkeypatch.setattr(ev, "load_image_generator", lambda path, device: "G")
+    monkeypatch.setattr(ev, "synthesize", lambda g, masks, seed, **kw: images[:, None].copy())
     m = evaluate(
         eval_cfg(tmp_path, image_generator=str(gen)), tiny_shapes, runs["seg"], progress=False
     )

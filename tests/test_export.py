@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,10 @@ from PIL import Image
 
 from pipeline.compat import evaluate_cityscapes, read_png_ints
 from pipeline.errors import ConfigError, DatasetError
-from pipeline.export import ExportConfig, export
+from pipeline.export import FORMATS, ExportConfig, ExportFormat, export, get_format
 from pipeline.shards import Sample, ShardWriter, iter_split, load_class_table, shard_name
+
+REPO = Path(__file__).resolve().parents[1]
 
 # pycocotools' decode trips numpy 2's __array__ copy deprecation; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -261,3 +265,35 @@ def test_png_bytes_are_copied_not_reencoded(exported, tiny_shapes):
     key = m.name.split(".")[0]
     assert (exported / "coco/images/train" / f"{key}.png").read_bytes() == raw
     assert Image.open(io.BytesIO(raw)).mode == "RGB"
+
+
+def test_unknown_format_lists_the_valid_names(tiny_shapes, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        get_format("yolo")
+    assert all(repr(name) in str(err.value) for name in ("coco", "coco-panoptic", "cityscapes"))
+    # export() looks every name up before writing: nothing is half done
+    with pytest.raises(ConfigError, match="'coco-panoptic'"):
+        export(_cfg(tmp_path), tiny_shapes, tmp_path / "out", ["coco", "yolo"], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_format_is_one_registry_entry(tiny_shapes, tmp_path, monkeypatch):
+    calls = []
+
+    def write(data_dir: Path, out_dir: Path, *, split, workers, progress, city) -> int:
+        calls.append((data_dir, out_dir, split, workers, city))
+        return 5
+
+    monkeypatch.setitem(FORMATS, "toy", ExportFormat(write, "toy_out", options=("city",)))
+    metrics = export(_cfg(tmp_path, formats=("toy",), workers=0), tiny_shapes, tmp_path)
+    assert calls == [(tiny_shapes, tmp_path / "toy_out", "train", 0, "synth")]
+    assert metrics["toy_out_samples"] == 5.0
+
+
+@pytest.mark.parametrize(
+    "module", ["pipeline.export_coco", "pipeline.export_cityscapes", "pipeline.export_common"]
+)
+def test_format_writers_do_not_import_the_stage(module):
+    # a fresh interpreter: this process has pipeline.export loaded already
+    code = f"import sys, {module}; assert 'pipeline.export' not in sys.modules, 'import cycle'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -87,9 +87,11 @@ def test_pipeline_flow_calls_every_stage_in_order(prefect_api, stages, params: P
         + [(m, 0, 0.5) for m in ("real", "real_synth")]
     )
     out_dirs = {c.args[3].name for c in stages["train_segmenter"].call_args_list}
-    assert (
-        "real_synth-frac0.5-seed0" in out_dirs
-    )  # as dvc.yaml names it and "real-seed1" in out_dirs
+    # named as dvc.yaml names them: {mode}-seed{seed} and {mode}-frac{frac}-seed{seed}
+    assert "real_synth-frac0.5-seed0" in out_dirs and "real-seed1" in out_dirs
+    assert out_dirs == {f"{m}-seed{s}" for m in ("real", "real_synth") for s in (0, 1)} | {
+        f"{m}-frac0.5-seed0" for m in ("real", "real_synth")
+    }
     (ev,) = stages["evaluate"].call_args_list
     assert ev.args[1] == Path("data/prepared") and ev.args[2] == Path("data/segmenter")
     assert result["segmentation"]["evaluate"] == {"miou_gain": 0.1}

@@ -25,7 +25,7 @@ def make_checkpoints(folder: Path, data: Path) -> tuple[Path, Path]:
     import torch
 
     from pipeline.checkpoint import save_checkpoint
-    from pipeline.train_masks import build_generator
+    from pipeline.sampling import build_mask_generator as build_generator
 
     table = load_class_table(data)
     h, w = next(iter_split(data, "train")).mask.shape
@@ -179,7 +179,7 @@ def test_strict_filters_reject_with_reasons_and_keep_only_passing_masks(
     tiny_shapes, ckpts, tmp_path
 ):
     from pipeline.metrics.masks import spurious_pixel_rate
-    from pipeline.train_masks import load_mask_generator, sample_masks
+    from pipeline.sampling import load_mask_generator, sample_masks
 
     # a limit at the median spurious rate of the shard's first 16 candidates rejects about half
     first = sample_masks(load_mask_generator(ckpts[0]), 16, 0, batch_size=16)

@@ -18,7 +18,7 @@ from models.oasis import (
     preset_widths,
 )
 from pipeline.checkpoint import save_checkpoint
-from pipeline.train_images import load_image_generator, onehot, synthesize
+from pipeline.sampling import load_image_generator, onehot, synthesize
 
 
 def _generator(**kw) -> OASISGenerator:

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ConfigError, build
-from pipeline.train_images import (
-    TrainImagesConfig,
-    grid_indices,
-    load_image_generator,
-    synthesize,
-    train_images,
-)
+from pipeline.sampling import load_image_generator, synthesize
+from pipeline.shards import ShardWriter, iter_split, load_class_table, shard_name, splits
+from pipeline.train_images import TrainImagesConfig, grid_indices, train_images
 
 TINY = dict(
     g_ch=4,
@@ -28,7 +26,6 @@ TINY = dict(
     batch_size=4,
     total_images=40,
     log_every_images=4,
-    sample_every_images=0,
     checkpoint_every_images=0,
     bn_refresh_batches=2,
     fid_images=4,
@@ -78,6 +75,78 @@ def test_tiny_training_run_resume_and_outputs(tiny_shapes: Path, tmp_path: Path)
     assert metrics["resumed_at_images"] == 0
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 12
     assert len(_curve(live, "loss_g")) == 12  # 10 steps + 2 resumed ones
+
+
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_weights(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    cfg = TrainImagesConfig(**{**TINY, "total_images": 32, "fid_images": 0})
+
+    def run(name: str, **kw) -> dict:
+        out = tmp_path / name
+        train_images(cfg, tiny_shapes, out, False, out / "m.json", out / "live", **kw)
+        return torch.load(out / "checkpoint.pt", weights_only=True)
+
+    straight = run("straight")
+    part = run("resumed", stop_after_images=12)
+    assert part["images_seen"] == 12 and part["finished"] is False
+    resumed = run("resumed")
+    assert resumed["images_seen"] == straight["images_seen"] == 32 and resumed["finished"]
+    for net in ("model", "ema", "discriminator"):
+        for k, v in straight[net].items():
+            torch.testing.assert_close(resumed[net][k], v, rtol=0, atol=0, msg=f"{net}.{k}")
+    for opt in ("g", "d"):
+        for i, st in straight["optimizer"][opt]["state"].items():
+            assert torch.equal(
+                resumed["optimizer"][opt]["state"][i]["exp_avg_sq"], st["exp_avg_sq"]
+            )
+    assert torch.equal(resumed["rng"], straight["rng"])
+
+
+def test_resume_refuses_other_training_settings_unless_restart(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    cfg = TrainImagesConfig(**{**TINY, "total_images": 8, "fid_images": 0})
+    out, live = tmp_path / "o", tmp_path / "live"
+    train_images(cfg, tiny_shapes, out, False, tmp_path / "m.json", live)
+    other = dataclasses.replace(cfg, lr_d=1e-3, spade_hidden=4)
+    with pytest.raises(ConfigError, match=r"arch\.spade_hidden.*train_images\.lr_d.*--restart"):
+        train_images(other, tiny_shapes, out, False, tmp_path / "m.json", live)
+    m = train_images(other, tiny_shapes, out, False, tmp_path / "m.json", live, restart=True)
+    assert m["resumed_at_images"] == 0 and m["images_seen"] == 8
+
+
+def _with_void(src: Path, dst: Path, void: int) -> Path:
+    """`src` rewritten with a class table whose void id is `void`, and a void square per mask."""
+    table = dataclasses.replace(load_class_table(src), ignore_index=void)
+    dst.mkdir(parents=True)
+    for split in splits(src):
+        samples = list(iter_split(src, split))
+        with ShardWriter(dst / shard_name(split, 0), table) as w:
+            for s in samples:
+                mask = s.mask.copy()
+                mask[:6, :6] = void
+                w.write(dataclasses.replace(s, mask=mask))
+    table.save(dst / "classes.json")
+    return dst
+
+
+def test_a_void_id_other_than_255_is_ignored_by_the_losses(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    # The class table may put void anywhere in [C, 255]: OASIS's losses and LabelMix must
+    # ignore the table's id (a hard-coded 255 made 250 a target class out of range).
+    data = _with_void(tiny_shapes, tmp_path / "void250", 250)
+    cfg = TrainImagesConfig(**{**TINY, "total_images": 8, "fid_images": 4})
+    out = tmp_path / "o"
+    m = train_images(cfg, data, out, False, tmp_path / "m.json", tmp_path / "live")
+    assert np.isfinite(m["loss_d"]) and np.isfinite(m["loss_g"]) and np.isfinite(m["fid"])
+    g = load_image_generator(out / "checkpoint.pt")
+    assert g.ignore_index == 250
+    masks = np.full((1, 32, 32), 250, np.uint8)
+    assert synthesize(g, masks, seed=0).shape == (1, 1, 32, 32, 3)  # void, not a bad id
+    with pytest.raises(ValueError, match="255"):
+        synthesize(g, np.full((1, 32, 32), 255, np.uint8), seed=0)
 
 
 def test_config_is_strict_and_checked() -> None:

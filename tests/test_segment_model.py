@@ -14,8 +14,8 @@ from models.segmenter import (
 )
 from pipeline.augment import AugmentConfig, augment, colour_jitter, geometric
 from pipeline.errors import ConfigError
+from pipeline.predict import predict
 from pipeline.pretrained import encoder_state_dict
-from pipeline.train_segmenter import predict
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import pipeline.train_segmenter as ts
 from pipeline.augment import AugmentConfig
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import DatasetError
+from pipeline.predict import run_name
 from pipeline.shards import Sample, ShardWriter, load_class_table, load_split
 from pipeline.train_segmenter import (
     TrainSegmenterConfig,
     batch_indices,
     label_subset,
-    run_name,
     train_segmenter,
 )
 
@@ -165,6 +165,16 @@ def test_resume_continues_exactly(tiny_shapes, tmp_path, monkeypatch):
     assert a["step"] == b["step"] == 4 and "optimizer" not in b
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-5), k
+
+
+def test_a_run_leaves_the_callers_global_random_state_alone(tiny_shapes, tmp_path):
+    # smp's init and EfficientNet's stochastic depth draw from torch's global generator; a
+    # Prefect worker that trains several runs in one process must not inherit the seeds.
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train_segmenter(tiny_cfg(tmp_path, steps=1), tiny_shapes, None, tmp_path / "r", "real", 0,
+                    progress=False)  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_cli_flags_override_params(tiny_shapes, tmp_path, monkeypatch):

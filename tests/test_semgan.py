@@ -21,15 +21,8 @@ from models.semgan import (
 )
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ConfigError, build
-from pipeline.train_masks import (
-    TrainMasksConfig,
-    fill_void,
-    load_mask_generator,
-    refresh_batch_norm,
-    sample_masks,
-    sample_masks_and_distance,
-    train_masks,
-)
+from pipeline.sampling import load_mask_generator, sample_masks, sample_masks_and_distance
+from pipeline.train_masks import TrainMasksConfig, fill_void, refresh_batch_norm, train_masks
 
 PALETTE = torch.tensor([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=torch.uint8)
 
@@ -186,9 +179,11 @@ def test_sample_rgb_baseline_returns_distance():
 
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="train_masks: unknown key"):
-        build(TrainMasksConfig, {"kimgs": 1}, "train_masks")
-    with pytest.raises(ConfigError, match="train_masks.kimg"):
-        TrainMasksConfig(kimg=0)
+        build(TrainMasksConfig, {"kimg": 1}, "train_masks")
+    with pytest.raises(ConfigError, match="train_masks.total_images"):
+        TrainMasksConfig(total_images=0)
+    with pytest.raises(ConfigError, match="train_masks.ema_rampup"):
+        TrainMasksConfig(ema_rampup=-0.1)
     with pytest.raises(ConfigError, match="gumbel"):
         TrainMasksConfig(kind="rgb", gumbel=True)
     with pytest.raises(ConfigError, match="train_masks.kind"):
@@ -203,13 +198,13 @@ def _cfg(tmp_path, name: str, **kw) -> TrainMasksConfig:
         out=str(tmp_path / name / "masks"),
         metrics=str(tmp_path / name / "train_masks.json"),
         live_dir=str(tmp_path / name / "live"),
-        kimg=0.08,  # 10 steps of 8
+        total_images=80,  # 10 steps of 8
         batch_size=8,
         latent_dim=16,
         g_channels=32,
         d_channels=8,
-        snapshot_kimg=0.04,
-        log_kimg=0.016,
+        checkpoint_every_images=40,
+        log_every_images=16,
         eval_samples=16,
         min_component=4,
         device="cpu",
@@ -225,28 +220,31 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, tiny_shapes):
     m_straight = train_masks(straight, progress=False)
 
     resumed = _cfg(tmp_path, "resumed", data=data, kind=kind, **extra)
-    m_part = train_masks(resumed, stop_after_steps=4, progress=False)
+    m_part = train_masks(resumed, stop_after_images=32, progress=False)
     assert m_part["steps"] == 4 and m_part["finished"] == 0
-    part = load_checkpoint(f"{resumed.out}/generator.pt")  # weights_only=True inside
-    assert part["step"] == 4 and part["finished"] is False
+    part = load_checkpoint(f"{resumed.out}/checkpoint.pt")  # weights_only=True inside
+    assert part["step"] == 4 and part["images_seen"] == 32 and part["finished"] is False
     m_final = train_masks(resumed, progress=False)
 
-    a = torch.load(f"{straight.out}/generator.pt", weights_only=True)
-    b = torch.load(f"{resumed.out}/generator.pt", weights_only=True)
+    a = torch.load(f"{straight.out}/checkpoint.pt", weights_only=True)
+    b = torch.load(f"{resumed.out}/checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 10 and m_final["steps"] == 10
     assert a["config"] == {**b["config"], "out": a["config"]["out"], **_paths(a)}
     # Same RNG stream and same states: the resumed run ends with the same weights.
-    for k in a["ema"]:
-        torch.testing.assert_close(a["ema"][k], b["ema"][k], rtol=0, atol=0)
+    for net in ("model", "ema", "discriminator"):
+        for k in a[net]:
+            torch.testing.assert_close(a[net][k], b[net][k], rtol=0, atol=0)
+    assert torch.equal(a["rng"], b["rng"])
     assert m_final["class_js"] == pytest.approx(m_straight["class_js"])
 
     # Outputs: metrics JSON, sample grids, DVCLive curves, a loadable EMA generator.
     saved = json.loads((tmp_path / "resumed" / "train_masks.json").read_text())
     assert saved["steps"] == 10 and 0 <= saved["spurious_rate"] <= 1
     assert "off_palette_rate" not in saved
-    assert (tmp_path / "resumed" / "masks" / "samples.png").is_file()
+    assert (tmp_path / "resumed" / "masks" / "grid.png").is_file()
+    assert (tmp_path / "resumed" / "masks" / "samples" / "00000080.png").is_file()
     assert (tmp_path / "resumed" / "live" / "metrics.json").is_file()
-    g = load_mask_generator(f"{resumed.out}/generator.pt")
+    g = load_mask_generator(f"{resumed.out}/checkpoint.pt")
     assert (g.kind, g.num_classes, g.height, g.width, g.latent_dim) == (kind, 7, 32, 32, 16)
     assert not g.training
     masks = sample_masks(g, 5, seed=0)
@@ -259,16 +257,25 @@ def _paths(ckpt: dict) -> dict:
 
 
 def test_rgb_baseline_trains_and_resume_refuses_a_different_architecture(tmp_path, tiny_shapes):
-    cfg = _cfg(tmp_path, "a", data=str(tiny_shapes), kimg=0.016, kind="rgb")
+    cfg = _cfg(tmp_path, "a", data=str(tiny_shapes), total_images=16, kind="rgb")
     m = train_masks(cfg, progress=False)
     assert 0 <= m["off_palette_rate"] <= 1 and m["steps"] == 2
-    g = load_mask_generator(f"{cfg.out}/generator.pt")
+    g = load_mask_generator(f"{cfg.out}/checkpoint.pt")
     assert g.kind == "rgb" and torch.equal(
         ((g.colors + 1) * 127.5).round().to(torch.uint8), torch.tensor(_shapes_colors(cfg.data))
     )
-    other = _cfg(tmp_path, "a", data=str(tiny_shapes), kimg=0.016, kind="rgb", g_channels=16)
-    with pytest.raises(ConfigError, match="g_channels"):
+    other = _cfg(tmp_path, "a", data=str(tiny_shapes), total_images=16, kind="rgb", g_channels=16)
+    with pytest.raises(ConfigError, match=r"arch\.g_channels.*train_masks\.g_channels.*--restart"):
         train_masks(other, progress=False)
+    # A training setting that is not architecture is refused too; the budget may change.
+    faster = _cfg(tmp_path, "a", data=str(tiny_shapes), total_images=16, kind="rgb", lr_d=0.01)
+    with pytest.raises(ConfigError, match=r"\(train_masks\.lr_d\)"):
+        train_masks(faster, progress=False)
+    longer = _cfg(tmp_path, "a", data=str(tiny_shapes), total_images=24, kind="rgb")
+    assert train_masks(longer, progress=False)["steps"] == 3  # resumed: one more step
+    # --restart trains the other settings from scratch, replacing the checkpoint.
+    assert train_masks(other, restart=True, progress=False)["steps"] == 2
+    assert load_checkpoint(f"{cfg.out}/checkpoint.pt")["arch"]["g_channels"] == 16
 
 
 def _shapes_colors(data: str) -> list:
@@ -281,7 +288,7 @@ def test_cli_runs_the_stage(tmp_path, tiny_shapes):
     from pipeline.cli import main
 
     params = tmp_path / "params.yaml"
-    cfg = _cfg(tmp_path, "cli", data=str(tiny_shapes), kimg=0.016)
+    cfg = _cfg(tmp_path, "cli", data=str(tiny_shapes), total_images=16)
     from pipeline.config import to_dict
 
     d = to_dict(cfg)
@@ -289,7 +296,7 @@ def test_cli_runs_the_stage(tmp_path, tiny_shapes):
     import yaml
 
     params.write_text(yaml.safe_dump({"train_masks": d}))
-    overrides = ["--set", "train_masks.kimg=0.024", "--set", "train_masks.bf16=true"]
+    overrides = ["--set", "train_masks.total_images=24", "--set", "train_masks.bf16=true"]
     rc = main(["train-masks", "--params", str(params), *overrides])
     assert rc == 0
     saved = json.loads((tmp_path / "cli" / "train_masks.json").read_text())
