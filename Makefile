@@ -11,7 +11,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # The local pip config names mirror folders that may not hold every package: silence that noise.
 PIPQ := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: venv demo test lint format lock bench clean repro plots prefect-up prefect-down
+.PHONY: venv demo test lint format lock bench clean repro plots prefect-up prefect-down report-check
 
 venv: $(STAMP)
 
@@ -26,6 +26,7 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 	$(PY) -m pipeline.summary metrics/segmentation.json
+	@echo "report: data/report/index.html (one offline page; make report-check renders it)"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -55,6 +56,14 @@ repro: $(STAMP)
 plots: $(STAMP)
 	$(VENV)/bin/dvc plots show -o plots
 	@echo "open plots/index.html"
+
+# The report page (`semsynth report`, the last stage of `dvc repro`) in headless Chromium: fails on
+# console errors, failed loads or any request outside the page, and writes a full-page screenshot
+# (SCREENSHOT=docs/report.png refreshes the README's). Installs nothing: without Chromium it says
+# how to install it.
+SCREENSHOT ?= build/report.png
+report-check: $(STAMP)
+	$(PY) scripts/report_check.py data/report/index.html --screenshot $(SCREENSHOT)
 
 # A local Prefect server (SQLite, 127.0.0.1) + a process worker, all deployments of prefect.yaml.
 prefect-up: $(STAMP)

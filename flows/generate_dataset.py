@@ -29,7 +29,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import dvc_version, logger, stage_config
-from flows.report import dataset_report
+from flows.report import attach_report, dataset_report
 
 # The stages this flow produces, by their dvc.yaml names: what it versions at the end.
 DVC_STAGES = ("generate", "export")
@@ -86,6 +86,7 @@ def generate_dataset(
     export: bool = True,
     version: bool = True,
     push: bool = False,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Generate synthetic shards (mapped tasks), export them, report, and version with DVC.
 
@@ -98,6 +99,7 @@ def generate_dataset(
         export: run the export stage on the generated shards.
         version: `dvc commit` the generate/export stages afterwards (dvc status clean).
         push: also `dvc push` them to the default remote.
+        report: build the report page (`semsynth report`) and attach it as an artifact.
     """
     from pipeline import export as export_stage
     from pipeline import generate as generate_stage
@@ -140,6 +142,11 @@ def generate_dataset(
         versioned = dvc_version(stages, params=params, overrides=overrides, push=push)
         log.info(f"DVC: {versioned}")
         metrics["dvc_versioned"] = float(versioned["versioned"])
+
+    # 5. The report page, after versioning: dvc.lock then tells it whether the last
+    #    evaluation (shown as it is, or "not run") predates these shards.
+    if report:
+        log.info(f"report: {attach_report(params, overrides)['path']}")
     return metrics
 
 

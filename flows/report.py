@@ -1,48 +1,22 @@
-"""The end-of-run report of a generated dataset: counts, class frequencies and a sample grid.
+"""What the flows publish as Prefect artifacts at the end of a run.
 
-From the stats.json that `generate` writes and the first shard, as a markdown text and table rows
-that `generate-dataset` publishes as Prefect artifacts.
+`dataset_report`: a generated dataset's counts, class frequencies and a sample grid (from the
+stats.json that `generate` writes and the first shard), as markdown and table rows.
+`attach_report`: the `report` stage's page (pipeline/report.py), built by the stage's own
+function, attached as a markdown artifact with its verdict, key figures and path.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from pipeline.shards import iter_split, load_class_table, splits
-
-
-def sample_grid(root: Path, split: str, n: int = 8, cols: int = 4) -> Image.Image | None:
-    """The first `n` samples as (image | colourised mask) tiles, `cols` pairs a row."""
-    table = load_class_table(root)
-    tiles = []
-    for sample in iter_split(root, split):
-        mask_rgb = table.colorize(sample.mask)
-        image = sample.image if sample.image is not None else np.zeros_like(mask_rgb)
-        tiles.append(np.concatenate([image, mask_rgb], axis=1))
-        if len(tiles) == n:
-            break
-    if not tiles:
-        return None
-    h, w, _ = tiles[0].shape
-    rows = (len(tiles) + cols - 1) // cols
-    grid = np.full((rows * (h + 2), min(cols, len(tiles)) * (w + 2), 3), 255, dtype=np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = tile
-    return Image.fromarray(grid)
-
-
-def png_data_uri(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+from flows.common import stage_config
+from pipeline.config import load_params
+from pipeline.report_figures import png_data_uri, sample_grid
+from pipeline.shards import load_class_table, splits
 
 
 def dataset_report(
@@ -89,3 +63,17 @@ def dataset_report(
     if grid is not None:
         lines += ["", "## Samples (image | label map)", "", f"![samples]({png_data_uri(grid)})"]
     return "\n".join(lines) + "\n", rows
+
+
+def attach_report(params: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Build the report page as `semsynth report` does; attach its summary as an artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from pipeline import report as report_stage
+
+    cfg = stage_config(report_stage, params, overrides)
+    summary = report_stage.build_report(cfg, load_params(params, list(overrides)))
+    create_markdown_artifact(
+        report_stage.markdown(summary), key="semsynth-report", description="semsynth report"
+    )
+    return summary

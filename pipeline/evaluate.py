@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from pipeline.sampling import load_image_generator, synthesize
 from pipeline.shards import heldout_split, load_class_table, load_split
 
 SECTION = "evaluate"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,11 @@ def evaluate(
         )
     paired = [s for s in cfg.seeds if s in runs["real_synth"]]
     if len(paired) < len(cfg.seeds):
-        print(
-            f"evaluate: real_synth runs for seeds {paired} of {cfg.seeds}; the gain uses those "
-            "(train the others with `semsynth train-segmenter --mode real_synth --seed N`)"
-        )
+        log.warning(
+            "real_synth runs for seeds %s of %s; the gain uses those (train the others with "
+            "`semsynth train-segmenter --mode real_synth --seed N`)",
+            paired, cfg.seeds,
+        )  # fmt: skip
     todo = [(m, s, p) for m in MODES for s, p in runs[m].items()]
     cms: dict[tuple[str, int], np.ndarray] = {}
     for mode, seed, path in tqdm(todo, desc="evaluate", disable=not progress, leave=False):
@@ -128,7 +131,7 @@ def evaluate(
     for mode in MODES:
         seeds = list(runs["real"]) if mode == "real" else paired
         if not seeds:
-            print("evaluate: no real_synth runs (no synthetic data yet?); reporting real only")
+            log.warning("no real_synth runs (no synthetic data yet?); reporting real only")
             continue
         mious = [mean_iou(cms[mode, s]) for s in seeds]
         mean, std, _, _ = mean_std_ci95(mious)
@@ -159,7 +162,7 @@ def evaluate(
         metrics["miou_real_on_synth"] = float(np.mean(synth_mious))
         metrics["synth_miou_ratio"] = metrics["miou_real_on_synth"] / metrics["miou_real"]
     elif gen_path is not None:
-        print(f"evaluate: no image generator at {gen_path}; synth_miou_ratio skipped")
+        log.warning("no image generator at %s; synth_miou_ratio skipped", gen_path)
 
     # Data-efficiency curve: gain at each share of real labels, over the seeds present.
     curve = []
@@ -168,7 +171,7 @@ def evaluate(
         rs = _runs(segmenter_dir, "real_synth", cfg.seeds, frac)
         both = [s for s in cfg.seeds if s in r and s in rs]
         if not both:
-            print(f"evaluate: no paired runs at real_fraction {frac:g}; curve point skipped")
+            log.info("no paired runs at real_fraction %g; curve point skipped", frac)
             continue
         if frac >= 1:
             gains = [mean_iou(cms["real_synth", s]) - mean_iou(cms["real", s]) for s in both]
@@ -203,7 +206,6 @@ def evaluate(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real-dir", help="prepared real dataset (default: evaluate.real_dir)")
     parser.add_argument("--segmenter-dir", help="train runs (default: evaluate.segmenter_dir)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
@@ -220,5 +222,5 @@ def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
     line = f"evaluate: mIoU real {metrics['miou_real']:.4f}"
     if "miou_gain" in metrics:
         line += f", real+synth {metrics['miou_real_synth']:.4f}, gain {metrics['miou_gain']:+.4f}"
-    print(line)
+    log.info(line)
     return metrics

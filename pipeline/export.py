@@ -18,6 +18,7 @@ the other way round.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pipeline.export_coco import export_coco
 from pipeline.io_utils import write_metrics
 
 SECTION = "export"
+log = logging.getLogger(__name__)
 
 
 # ---- the format registry: adding a format = one entry --------------------------------------
@@ -124,7 +126,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=list(FORMATS), help="write only this format")
     parser.add_argument("--data", help="shard dataset to export (default: export.data)")
     parser.add_argument("--out", help="output root (default: export.out)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
@@ -134,8 +135,8 @@ def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
     metrics = export(cfg, args.data and Path(args.data), out_root, formats, not args.quiet)
     for fmt in formats:
         name = FORMATS[fmt].folder
-        print(
-            f"exported {int(metrics[f'{name}_samples'])} samples as {fmt} into {out_root / name} "
-            f"({metrics[f'{name}_samples_per_s']} samples/s)"
-        )
+        log.info(
+            "exported %d samples as %s into %s (%s samples/s)",
+            metrics[f"{name}_samples"], fmt, out_root / name, metrics[f"{name}_samples_per_s"],
+        )  # fmt: skip
     return metrics

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,8 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.errors import ConfigError
 from pipeline.io_utils import atomic_write_bytes
 from pipeline.sampling import GAN_CHECKPOINT
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GAN_CHECKPOINT",
@@ -113,10 +115,7 @@ def resume(
     state.opt_d.load_state_dict(ckpt["optimizer"]["d"])
     state.step, state.images_seen = int(ckpt["step"]), int(ckpt["images_seen"])
     if not distributed.set_rng_state(state.rng, ckpt["rng"], seed, state.images_seen):
-        print(
-            f"{stage}: {path} was written by another number of processes; fresh random streams",
-            file=sys.stderr,
-        )
+        log.warning("%s was written by another number of processes; fresh random streams", path)
     return True
 
 
@@ -298,7 +297,6 @@ def progress_bar(total: int, images_seen: int, desc: str, show: bool) -> tqdm:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command-line flags both GAN stages take."""
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--restart",
         action="store_true",

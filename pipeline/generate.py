@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -53,6 +54,7 @@ from pipeline.shards import SHARD_RE, Sample, ShardWriter, encode_sample, shard_
 from pipeline.shards import load_class_table as _load_table
 
 SECTION = "generate"
+log = logging.getLogger(__name__)
 SPLIT = "train"
 
 
@@ -482,19 +484,18 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> dict[str, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=int, help="produce only this shard (a worker's share)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cli(params: dict, args: argparse.Namespace) -> dict[str, Any]:
     cfg = section(params, SECTION, GenerateConfig)
     if args.shard is not None:
         r = generate_shard(cfg, args.shard, progress=not args.quiet)
-        print(
+        log.info(
             f"shard {args.shard}: {'complete already' if r['skipped'] else 'written'} ({r['samples']} samples)"
         )
         return {}
     m = generate(cfg, progress=not args.quiet)
-    print(
+    log.info(
         f"generated {int(m['samples'])} pairs from {int(m['masks'])} masks into {cfg.out} "
         f"(kept {m['kept_fraction']:.0%} of candidates; {int(m['shards_skipped'])} shards already complete)"
     )

@@ -10,6 +10,7 @@ left and a previous good output is kept.
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pipeline.io_utils import atomic_output_dir, atomic_write_json, write_metric
 from pipeline.shards import Sample, ShardedWriter, encode_sample, label_subset
 
 SECTION = "prepare"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,6 @@ def prepare(cfg: PrepareConfig, out: Path | None = None, progress: bool = True) 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (default: prepare.out)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
@@ -233,7 +234,7 @@ def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
     out = Path(args.out or cfg.out)
     metrics = prepare(cfg, out, progress=not args.quiet)
     splits = ", ".join(f"{k[2:]} {int(v)}" for k, v in metrics.items() if k.startswith("n_"))
-    print(
+    log.info(
         f"prepared {cfg.dataset} at {cfg.size[0]}x{cfg.size[1]} into {out}: {splits} pairs, "
         f"{int(metrics['num_classes'])} classes, {metrics['pairs_per_s']} pairs/s"
     )

@@ -15,7 +15,7 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,12 +185,25 @@ def _decode(files: dict[str, bytes], key: str, path: Path) -> Sample:
 def iter_raw_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Stream (key, {"image.png": bytes, "mask.png": bytes, "json": bytes}) without decoding.
 
-    The one tar reader: `iter_shard` decodes on top of it, the exporters copy its bytes as is.
+    `iter_shard` decodes on top of it, the exporters copy its bytes as is.
     """
+    return _walk_shard(path, "r|", lambda tar, m: tar.extractfile(m).read())
+
+
+def shard_offsets(path: str | Path) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
+    """(key, {ext: (data offset, size)}) of each sample, from the tar headers alone: where to
+    seek for random access (`pipeline.data.ShardIndex`)."""
+    return _walk_shard(path, "r:", lambda tar, m: (m.offset_data, m.size))
+
+
+def _walk_shard(
+    path: str | Path, mode: str, value: Callable[[tarfile.TarFile, tarfile.TarInfo], Any]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The one tar reader: members grouped by sample key, `value(tar, member)` kept per file."""
     path = Path(path)
     key, files = None, {}
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        with tarfile.open(path, mode=mode) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -199,7 +212,7 @@ def iter_raw_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                     yield key, files
                     files = {}
                 key = k
-                files[ext] = tar.extractfile(member).read()
+                files[ext] = value(tar, member)
     except (tarfile.TarError, OSError) as e:
         raise DatasetError(
             f"{path}: cannot read shard ({e}); re-run the stage that wrote it"
@@ -208,17 +221,21 @@ def iter_raw_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, files
 
 
+def decode_sample(path: str | Path, key: str, files: dict[str, bytes]) -> Sample:
+    """One sample of `iter_raw_shard(path)` decoded: the mask as class ids (the palette PNG's
+    indices, never its RGB colours), the image as RGB."""
+    try:
+        return _decode(files, key, Path(path))
+    except OSError as e:  # a PNG that PIL cannot read is as broken as a torn tar
+        raise DatasetError(
+            f"{path}: cannot read sample {key!r} ({e}); re-run the stage that wrote it"
+        ) from None
+
+
 def iter_shard(path: str | Path) -> Iterator[Sample]:
     """Stream the samples of one shard in order."""
-    path = Path(path)
     for key, files in iter_raw_shard(path):
-        try:
-            sample = _decode(files, key, path)
-        except OSError as e:  # a PNG that PIL cannot read is as broken as a torn tar
-            raise DatasetError(
-                f"{path}: cannot read sample {key!r} ({e}); re-run the stage that wrote it"
-            ) from None
-        yield sample
+        yield decode_sample(path, key, files)
 
 
 def list_shards(root: str | Path, split: str) -> list[Path]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from pipeline import distributed
 from pipeline import gan_training as gan
 from pipeline.classes import ClassTable
 from pipeline.config import section, to_dict
+from pipeline.data import ShardIndex
 from pipeline.device import autocast, use_channels_last
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.io_utils import open_live, write_metrics
@@ -39,6 +41,7 @@ from pipeline.sampling import onehot, synthesize
 from pipeline.shards import load_class_table, load_split, splits
 
 SECTION = "train_images"
+log = logging.getLogger(__name__)
 # Settings a run may change and still resume its checkpoint: the budget, logging, evaluation,
 # paths. Any other difference is an error (gan_training.resume).
 MAY_DIFFER = (
@@ -191,7 +194,7 @@ def load_pairs(data_dir: Path, split: str) -> Pairs:
 @torch.no_grad()
 def refresh_batch_norm(
     generator: OASISGenerator,
-    masks: torch.Tensor,
+    masks: ShardIndex,
     batches: int,
     batch_size: int,
     rng: torch.Generator,
@@ -206,28 +209,33 @@ def refresh_batch_norm(
     def forward() -> None:
         idx = torch.randint(len(masks), (batch_size,), generator=rng)
         z = torch.randn(batch_size, *generator.noise_shape(), generator=rng).to(device)
+        label = torch.from_numpy(masks.masks(idx.numpy())).to(device)
         with autocast(device, bf16):
-            generator(onehot(masks[idx].to(device), generator.num_classes, channels_last), z)
+            generator(onehot(label, generator.num_classes, channels_last), z)
 
     gan.recompute_batch_norm(generator, forward, batches)
 
 
 def draw_batch(
-    images: torch.Tensor, masks: torch.Tensor, batch: int, flip: bool, rng: torch.Generator
+    train: ShardIndex, batch: int, flip: bool, rng: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch` random pairs (float images, long masks), each flipped with probability 1/2."""
-    idx = torch.randint(len(masks), (batch,), generator=rng)
-    real, mask = images[idx], masks[idx].long()
+    """`batch` random pairs (float images in [-1, 1], long masks) read from the shards, each
+    flipped with probability 1/2."""
+    idx = torch.randint(len(train), (batch,), generator=rng)
+    real, mask = Pairs(*train.pairs(idx.numpy())).tensors()
+    mask = mask.long()
     if flip:
         flipped = torch.rand(batch, generator=rng) < 0.5
         real[flipped], mask[flipped] = real[flipped].flip(-1), mask[flipped].flip(-1)
     return real, mask
 
 
-def grid_pairs(pairs: Pairs, rows: int) -> Pairs:
-    """The rows of the sample grid, spread over the split."""
-    idx = grid_indices(len(pairs.masks), rows)
-    return Pairs(pairs.images[idx], pairs.masks[idx])
+def grid_pairs(val: Pairs | None, train: ShardIndex, rows: int) -> Pairs:
+    """The rows of the sample grid, spread over the held-out split (else over train)."""
+    if val is None:
+        return Pairs(*train.pairs(grid_indices(len(train), rows)))
+    idx = grid_indices(len(val.masks), rows)
+    return Pairs(val.images[idx], val.masks[idx])
 
 
 def grid_indices(n: int, rows: int) -> np.ndarray:
@@ -276,13 +284,15 @@ def train_images(
     data_dir, out_dir = Path(data_dir or cfg.data), Path(out_dir or cfg.out)
     table = load_class_table(data_dir)
     n_classes, void = table.num_classes, table.ignore_index
-    train = load_pairs(data_dir, "train")
+    train = ShardIndex(data_dir, "train")  # read per batch: memory does not grow with the data
+    if not train.has_images:
+        raise DatasetError(f"{data_dir}/train has masks only; train_images needs image/mask pairs")
     val = load_pairs(data_dir, "val") if "val" in splits(data_dir) else None
     proc = distributed.init(cfg.device)
     device = proc.device
     cl, mem = use_channels_last(device, cfg.bf16), _memory_format(device, cfg.bf16)
     batch = distributed.per_rank_batch(cfg.batch_size, "train_images.batch_size")
-    state = build_state(cfg, n_classes, train.masks.shape[1:], device)
+    state = build_state(cfg, n_classes, train.shape(), device)
     G, D, rng = state.G, state.D, state.rng
     ckpt_path, config = out_dir / gan.GAN_CHECKPOINT, to_dict(cfg)
     resumed = gan.resume(
@@ -292,8 +302,7 @@ def train_images(
     # DDP wrappers: forward through G_ddp / D_ddp only in the step that updates that network, so
     # DDP averages exactly the gradients an optimiser uses (the same modules as G, D when alone).
     G_ddp, D_ddp = distributed.wrap(G, proc), distributed.wrap(D, proc)
-    real_all, masks_all = train.tensors()
-    shown = grid_pairs(val or train, cfg.grid_rows)
+    shown = grid_pairs(val, train, cfg.grid_rows)
     live = open_live(live_dir or cfg.live_dir, resumed, proc.main)
 
     def snapshot(finished: bool) -> None:
@@ -301,7 +310,7 @@ def train_images(
         # identical everywhere; rank 0 writes the checkpoint and draws the grid.
         refresh_rng = torch.Generator().manual_seed(cfg.seed)
         refresh_batch_norm(
-            state.ema, masks_all, cfg.bn_refresh_batches, cfg.batch_size, refresh_rng, cfg.bf16
+            state.ema, train, cfg.bn_refresh_batches, cfg.batch_size, refresh_rng, cfg.bf16
         )
         gan.save(ckpt_path, state, main=proc.main, arch=G.arch(), config=config,
                  finished=finished, ignore_index=void)  # fmt: skip
@@ -316,7 +325,7 @@ def train_images(
     t_start, start_seen = time.perf_counter(), state.images_seen
     while state.images_seen < schedule.stop:
         # A batch of real pairs, flipped at random: this rank's share of the global batch.
-        real, mask = draw_batch(real_all, masks_all, batch, cfg.flip, rng)
+        real, mask = draw_batch(train, batch, cfg.flip, rng)
         real, mask = real.to(device).contiguous(memory_format=mem), mask.to(device)
         label = onehot(mask, n_classes, cl)
         z = torch.randn(batch, *G.noise_shape(), generator=rng).to(device) if cfg.z_dim else None
@@ -408,7 +417,5 @@ def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
     cfg = section(params, SECTION, TrainImagesConfig)
     metrics = train_images(cfg, args.data, args.out, progress=not args.quiet, restart=args.restart)
     if metrics:  # rank 0 (or alone)
-        print(
-            f"train_images: {int(metrics['images_seen'])} images, FID {metrics.get('fid', 'n/a')}"
-        )
+        log.info("%d images, FID %s", metrics["images_seen"], metrics.get("fid", "n/a"))
     return metrics

@@ -41,6 +41,7 @@ from pipeline import distributed
 from pipeline import gan_training as gan
 from pipeline.classes import ClassTable
 from pipeline.config import ConfigError, section, to_dict
+from pipeline.data import ShardIndex
 from pipeline.device import autocast, use_channels_last
 from pipeline.errors import DatasetError
 from pipeline.io_utils import open_live, write_metrics
@@ -279,9 +280,9 @@ class RealMaps:
     """What D sees: batches of real maps (one-hot, or colour-coded for the rgb baseline) and
     G's output as D sees it, all drawn from the run's random stream."""
 
-    def __init__(self, cfg: TrainMasksConfig, real: np.ndarray, table: ClassTable, **where: Any):
+    def __init__(self, cfg: TrainMasksConfig, real: ShardIndex, table: ClassTable, **where: Any):
         self.cfg, self.c = cfg, table.num_classes
-        self.real = torch.from_numpy(real).long()
+        self.real = real  # read per batch: memory does not grow with the data
         self.device, self.fmt, self.rng, self.batch = (
             where["device"], where["fmt"], where["rng"], where["batch"]
         )  # fmt: skip
@@ -289,7 +290,8 @@ class RealMaps:
         self.palette = colors / 127.5 - 1  # [C, 3] in [-1, 1]
 
     def real_batch(self) -> torch.Tensor:
-        ids = self.real[torch.randint(len(self.real), (self.batch,), generator=self.rng)]
+        idx = torch.randint(len(self.real), (self.batch,), generator=self.rng)
+        ids = torch.from_numpy(fill_void(self.real.masks(idx.numpy()), self.c)).long()
         if self.cfg.flip:
             flip = torch.rand(self.batch, generator=self.rng) < 0.5
             ids = torch.where(flip[:, None, None], ids.flip(-1), ids)
@@ -338,8 +340,8 @@ def train_masks(
     device = proc.device
     batch = distributed.per_rank_batch(cfg.batch_size, "train_masks.batch_size")
     table = load_class_table(cfg.data)
-    real = fill_void(load_masks(cfg.data, "train"), table.num_classes)
-    arch = build_arch(cfg, table, *real.shape[1:])
+    real = ShardIndex(cfg.data, "train")
+    arch = build_arch(cfg, table, *real.shape())
     fmt = torch.channels_last if use_channels_last(device, cfg.bf16) else torch.contiguous_format
     state = build_state(cfg, arch, device, fmt)
     out, config = Path(cfg.out), to_dict(cfg)

@@ -17,6 +17,7 @@ held-out score is computed on a shard per rank and summed; rank 0 alone writes.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pipeline.augment import AugmentConfig, augment
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.classes import ClassTable
 from pipeline.config import ConfigError, section, to_dict
+from pipeline.data import IndexedPairs, ShardIndex
 from pipeline.device import autocast, use_channels_last
 from pipeline.errors import DatasetError
 from pipeline.io_utils import open_live, write_metrics
@@ -42,6 +44,7 @@ from pipeline.pretrained import encoder_state_dict
 from pipeline.shards import heldout_split, label_subset, load_class_table, load_split
 
 SECTION = "train_segmenter"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,13 @@ class TrainSegmenterConfig:
         default=0, metadata={"help": "steps between held-out mIoU logs; 0 = at the end only"}
     )
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast where fast"})
+    in_memory: bool = field(
+        default=False,
+        metadata={
+            "help": "decode the training pairs into RAM up front instead of reading each batch "
+            "from the shards (memory then grows with the data)"
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     real_dir: str = "data/prepared"
     synth_dir: str = "data/synthetic"
@@ -178,14 +188,12 @@ def score_confusion(cm: np.ndarray, names: list[str]) -> dict:
 
 @dataclass(frozen=True)
 class RunData:
-    """One run's data: the real labels kept, the synthetic pool (empty in mode real), and the
-    real held-out split it is scored on. uint8 images [N, H, W, 3], masks [N, H, W]."""
+    """One run's data: the real labels kept, the synthetic pool (empty in mode real), both read
+    from their shards per batch, and the real held-out split it is scored on (in memory)."""
 
     table: ClassTable
-    images: np.ndarray
-    masks: np.ndarray
-    s_images: np.ndarray
-    s_masks: np.ndarray
+    real: IndexedPairs
+    synth: IndexedPairs | None
     h_images: np.ndarray
     h_masks: np.ndarray
 
@@ -198,14 +206,14 @@ def load_run_data(
     frac: float,
     seed: int,
 ) -> RunData:
-    """The real labels kept (seeded subset), and the synthetic pool in real_synth mode."""
+    """The real labels kept (seeded subset) and the synthetic pool in real_synth mode (a seeded
+    subset of `synth_budget` pairs), chosen from the shard indexes before any pixel is read."""
     table = load_class_table(real_dir)
-    images, masks, _ = load_split(real_dir, "train")
-    if images is None:
+    real = ShardIndex(real_dir, "train")
+    if not real.has_images:
         raise DatasetError(f"{real_dir}: the train split has no images; re-run `semsynth prepare`")
-    keep = label_subset(len(masks), frac, seed)
-    images, masks = images[keep], masks[keep]
-    s_images = s_masks = np.zeros((0,), np.uint8)
+    real_rows = IndexedPairs(real, label_subset(len(real), frac, seed), cfg.in_memory)
+    synth = None
     if mode == "real_synth":
         if synth_dir is None or not (Path(synth_dir) / "classes.json").is_file():
             raise DatasetError(
@@ -214,16 +222,17 @@ def load_run_data(
             )
         if load_class_table(synth_dir).names != table.names:
             raise DatasetError(f"{synth_dir}/classes.json does not match {real_dir}/classes.json")
-        s_images, s_masks, _ = load_split(synth_dir, "train")
-        if s_images is None or s_images.shape[1:3] != images.shape[1:3]:
+        pool = ShardIndex(synth_dir, "train")
+        if not pool.has_images or pool.shape() != real.shape():
             raise DatasetError(
-                f"{synth_dir}: synthetic pairs need images of the real size {images.shape[1:3]}"
+                f"{synth_dir}: synthetic pairs need images of the real size {real.shape()}"
             )
+        pick = np.arange(len(pool))
         if cfg.synth_budget:
-            pick = label_subset(len(s_masks), min(1.0, cfg.synth_budget / len(s_masks)), seed + 1)
-            s_images, s_masks = s_images[pick], s_masks[pick]
+            pick = label_subset(len(pool), min(1.0, cfg.synth_budget / len(pool)), seed + 1)
+        synth = IndexedPairs(pool, pick, cfg.in_memory)
     h_images, h_masks, _ = load_split(real_dir, heldout_split(real_dir))
-    return RunData(table, images, masks, s_images, s_masks, h_images, h_masks)
+    return RunData(table, real_rows, synth, h_images, h_masks)
 
 
 def train_segmenter(
@@ -278,7 +287,7 @@ def _train(
     distributed.per_rank_batch(cfg.batch_size, "train_segmenter.batch_size")  # equal shares
     data = load_run_data(cfg, real_dir, synth_dir, mode, frac, seed)
     table = data.table
-    n_real, n_synth = len(data.masks), len(data.s_masks)
+    n_real, n_synth = len(data.real), len(data.synth or ())
     synth_fraction = cfg.synth_fraction if n_synth else 0.0
 
     # Model, optimizer; resume from an unfinished checkpoint of the same run.
@@ -297,7 +306,7 @@ def _train(
     ckpt_path = out_dir / "model.pt"
     start, seen = resume_run(ckpt_path, model, opt, meta, device) if opts["resume"] else (0, [0, 0])
     if start and proc.main:
-        print(f"train_segmenter {name}: resuming at step {start}/{cfg.steps}")
+        log.info("%s: resuming at step %d/%d", name, start, cfg.steps)
     # Forward and backward through ddp; `model` stays the unwrapped module. timm encoders keep
     # their classifier's conv_head and bn2, which smp's feature extractor never uses: DDP must
     # be told to expect parameters without gradients.
@@ -398,9 +407,9 @@ def make_batch(
     proc: distributed.DistInfo,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's share of global batch `step`: real then synthetic pairs, augmented."""
-    x, y = _to_tensors(data.images[real_idx], data.masks[real_idx], proc.device)
+    x, y = _to_tensors(*data.real.get(real_idx), proc.device)
     if len(synth_idx):
-        xs, ys = _to_tensors(data.s_images[synth_idx], data.s_masks[synth_idx], proc.device)
+        xs, ys = _to_tensors(*data.synth.get(synth_idx), proc.device)
         x, y = torch.cat([x, xs]), torch.cat([y, ys])
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     # EfficientNet's stochastic depth draws from torch's global generator: seeding it per
@@ -459,7 +468,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synth-dir", help="synthetic dataset (default: synth_dir)")
     parser.add_argument("--out", help="run folder (default: OUT/RUN with RUN like real-seed0)")
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
@@ -482,7 +490,7 @@ def cli(params: dict, args: argparse.Namespace) -> dict[str, float]:
     )
     if not metrics:  # ranks > 0 under torchrun: rank 0 reports
         return metrics
-    print(
+    log.info(
         f"segmenter {name}: held-out mIoU {metrics['miou']:.4f}, pixel acc "
         f"{metrics['pixel_acc']:.4f}; {int(metrics['real_seen'])} real + "
         f"{int(metrics['synth_seen'])} synthetic images seen; model in {out}/model.pt"

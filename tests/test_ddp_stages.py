@@ -37,20 +37,21 @@ def write_params(folder: Path, section: str, values: dict[str, Any]) -> Path:
     return path
 
 
-def torchrun(stage: str, params: Path, *args: str, nproc: int = 2) -> str:
-    """Run `semsynth STAGE` as `nproc` gloo processes; its stdout (it must exit 0)."""
+def torchrun(stage: str, params: Path, *args: str, nproc: int = 2) -> tuple[str, str]:
+    """Run `semsynth STAGE` as `nproc` gloo processes; its (stdout, stderr) (it must exit 0).
+    Not quiet: the INFO lines on stderr show that rank 0 alone reports."""
     env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_VARS}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DVC_NO_ANALYTICS="1")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={nproc}", "-m", "pipeline.cli", stage,
-        "--params", str(params), "--quiet", *args,
+        "--params", str(params), *args,
     ]  # fmt: skip
     proc = subprocess.run(
         cmd, cwd=params.parent, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
+    return proc.stdout, proc.stderr
 
 
 def key_tree(obj: Any) -> Any:
@@ -121,7 +122,7 @@ def test_train_masks_under_torchrun_and_resume(tiny_shapes: Path, tmp_path: Path
     params = write_params(run, "train_masks", masks_params(tiny_shapes, run))
     torchrun("train-masks", params, "--set", "train_masks.total_images=48")
     assert load(run / "out" / "checkpoint.pt")["step"] == 6
-    stdout = torchrun("train-masks", params)
+    stdout, _ = torchrun("train-masks", params)
 
     # Rank 0 alone wrote: one checkpoint, one metrics file, one set of curves, one stdout report.
     assert files(run / "metrics") == ["train_masks.json"]
@@ -181,13 +182,14 @@ def test_train_images_under_torchrun(tiny_shapes: Path, tmp_path: Path) -> None:
     params = write_params(run, "train_images", images_params(tiny_shapes, run))
     # Weights, EMA and every buffer (synchronised BN running stats, spectral-norm vectors) agree
     # on both ranks, or the run fails.
-    stdout = torchrun("train-images", params)
+    stdout, stderr = torchrun("train-images", params)
 
     assert files(run / "metrics") == ["train_images.json"]
     assert files(run / "out") == [
         "checkpoint.pt", "grid.png", "samples/00000020.png", "samples/00000040.png",
     ]  # fmt: skip
-    assert stdout.count("train_images: 40 images") == 1
+    assert stderr.count("train_images: 40 images") == 1
+    assert json.loads(stdout)["images_seen"] == 40  # stdout: rank 0's metrics JSON alone
     metrics = json.loads((run / "metrics" / "train_images.json").read_text())
     assert metrics["images_seen"] == 40 and metrics["fid"] > 0  # FID by rank 0
     ckpt = load(run / "out" / "checkpoint.pt")
@@ -229,11 +231,12 @@ def test_train_segmenter_under_torchrun(tiny_shapes: Path, tmp_path: Path) -> No
     params = write_params(run, "train_segmenter", segmenter_params(tiny_shapes, run))
     # Parameters and batch-norm running stats agree (statistics over the global batch), or the
     # run fails.
-    stdout = torchrun("train-segmenter", params)
+    stdout, stderr = torchrun("train-segmenter", params)
 
     assert files(run / "metrics") == ["real-seed0.json"]
     assert files(run / "out") == ["real-seed0/model.pt"]
-    assert stdout.count("held-out mIoU") == 1
+    assert stderr.count("held-out mIoU") == 1
+    assert json.loads(stdout)["steps"] == 4
     metrics = json.loads((run / "metrics" / "real-seed0.json").read_text())
     assert metrics["real_seen"] == 24 and metrics["steps"] == 4  # 4 steps of 6, not 48
     assert 0 <= metrics["miou"] <= 1

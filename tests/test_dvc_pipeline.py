@@ -141,6 +141,9 @@ def test_repro_leaves_status_clean_and_metrics_with_miou(repo: Path, env: dict[s
     for key in ("miou_real", "miou_real_synth", "miou_gain"):
         assert key in flat, f"{key} missing from dvc metrics show: {sorted(flat)}"
         assert isinstance(flat[key], float)
+    # The last stage wrote the report page, every section built (some say "not run").
+    page = (repo / "data/report/index.html").read_text()
+    assert "could not build this section" not in page and "Provenance" in page
     # A second repro is a no-op: nothing ran.
     assert "didn't change" in dvc(repo, env, "repro") or "up to date" in dvc(repo, env, "repro")
 
@@ -240,6 +243,7 @@ def test_generate_dataset_deployment_on_dask(
     assert "**train**: 24 image/label pairs" in markdown and "## Class frequencies" in markdown
     assert "data:image/png;base64," in markdown and "exported coco: 24 samples" in markdown
     assert artifacts["class-frequencies"]["type"] == "table"
+    assert "data/report/index.html" in artifacts["semsynth-report"]["data"]  # the page, attached
     # The exports of 24 masks exist ...
     coco = json.loads((repo / "data/export/coco/annotations/stuff_train.json").read_text())
     assert len(coco["images"]) == 24

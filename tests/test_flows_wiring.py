@@ -14,6 +14,24 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+REPORT_SUMMARY = {
+    "path": "data/report/index.html",
+    "verdict": "No measurable effect: gain +1.00 pp mIoU",
+    "figures": {"gain": "+1.00 pp"},
+    "sections_not_run": [],
+}
+
+
+def report_artifacts() -> list[str]:
+    """The markdown of every `semsynth-report` artifact on the test API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["semsynth-report"]))
+        )
+    return [a.data for a in found]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +44,7 @@ def prefect_api():
 
 @pytest.fixture
 def stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, mock.MagicMock]:
-    from pipeline import evaluate, export, generate, prepare, train_images, train_masks
+    from pipeline import evaluate, export, generate, prepare, report, train_images, train_masks
     from pipeline import train_segmenter as seg
 
     fakes = {}
@@ -44,6 +62,7 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, mock.MagicMock]:
     fake(export, "export", lambda *a, **k: {"coco_samples": 3.0})
     fake(seg, "train_segmenter", lambda *a, **k: {"miou": 0.5})
     fake(evaluate, "evaluate", lambda *a, **k: {"miou_gain": 0.1})
+    fake(report, "build_report", lambda *a, **k: REPORT_SUMMARY)
     report = mock.Mock(return_value=("# report", [{"class": "a"}]))
     monkeypatch.setattr("flows.generate_dataset.dataset_report", report)
     fakes["report"] = report
@@ -96,6 +115,15 @@ def test_pipeline_flow_calls_every_stage_in_order(prefect_api, stages, params: P
     assert ev.args[1] == Path("data/prepared") and ev.args[2] == Path("data/segmenter")
     assert result["segmentation"]["evaluate"] == {"miou_gain": 0.1}
     assert result["generate"]["export_coco_samples"] == 3.0
+    # the report page once, at the end (generate-dataset's own is off inside the pipeline),
+    # built from the same params, and attached with its verdict, figures and path
+    (rep,) = stages["build_report"].call_args_list
+    assert rep.args[0].out == "data/report" and rep.args[1]["report"]["out"] == "data/report"
+    assert result["report"] == REPORT_SUMMARY
+    assert any(
+        "No measurable effect" in md and "| gain | +1.00 pp |" in md and "index.html" in md
+        for md in report_artifacts()
+    )
 
 
 def test_generate_dataset_n_samples_and_no_export(prefect_api, stages, params: Path) -> None:
@@ -105,4 +133,5 @@ def test_generate_dataset_n_samples_and_no_export(prefect_api, stages, params: P
     assert sorted(c.args[1] for c in stages["generate_shard"].call_args_list) == [0, 1]
     assert stages["generate_shard"].call_args_list[0].args[0].n_samples == 3
     stages["export"].assert_not_called()
+    stages["build_report"].assert_called_once()  # generate-dataset alone attaches the page too
     assert metrics == {"shards": 2.0}

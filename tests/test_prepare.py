@@ -115,7 +115,6 @@ def test_cli_prints_what_it_made(tmp_path):
             "-m",
             "pipeline.cli",
             "prepare",
-            "--quiet",
             "--params",
             str(REPO / "params.yaml"),
             "--set",
@@ -132,7 +131,9 @@ def test_cli_prints_what_it_made(tmp_path):
         cwd=REPO,
     )
     assert r.returncode == 0, r.stderr
-    assert "prepared shapes at 64x64" in r.stdout and "train 8, val 2 pairs" in r.stdout
+    # status on stderr, the metrics JSON alone on stdout (`semsynth prepare | jq` works)
+    assert "prepare: prepared shapes at 64x64" in r.stderr and "train 8, val 2 pairs" in r.stderr
+    assert json.loads(r.stdout)["n_train"] == 8.0
     assert json.loads((tmp_path / "m.json").read_text())["n_train"] == 8.0
 
 

@@ -113,6 +113,33 @@ def test_real_synth_run_sees_the_configured_share(tiny_shapes, synth_dir, tmp_pa
     assert (tmp_path / "live" / "real_synth-frac0.5-seed0" / "metrics.json").is_file()
 
 
+def test_synth_budget_picks_its_pairs_before_reading_any(
+    tiny_shapes, synth_dir, tmp_path, monkeypatch
+):
+    from pipeline.data import ShardIndex
+
+    reads = []
+    real_sample = ShardIndex.sample
+
+    def counting(self, i, *args, **kw):
+        reads.append((self.root, i))
+        return real_sample(self, i, *args, **kw)
+
+    monkeypatch.setattr(ShardIndex, "sample", counting)
+    cfg = tiny_cfg(tmp_path, synth_budget=4)
+    data = ts.load_run_data(cfg, tiny_shapes, synth_dir, "real_synth", 0.5, seed=0)
+    assert len(data.real) == 24 and len(data.synth) == 4
+    # Before training only the size probes (sample 0 of each) are read: no pixels of the pool.
+    assert sorted({i for _, i in reads}) == [0] and len(reads) <= 3
+    reads.clear()
+    images, masks = data.synth.get(np.arange(4))
+    assert images.shape == (4, 32, 32, 3) and all(images.reshape(4, -1).max(1) == SYNTH_VALUE)
+    assert sorted(i for root, i in reads if root == synth_dir) == sorted(data.synth.rows.tolist())
+    mem = ts.load_run_data(tiny_cfg(tmp_path, synth_budget=4, in_memory=True), tiny_shapes,
+                           synth_dir, "real_synth", 0.5, seed=0)  # fmt: skip
+    assert np.array_equal(mem.synth.get(np.arange(4))[1], masks)  # the same pairs either way
+
+
 def test_real_mode_never_sees_synthetic(tiny_shapes, synth_dir, tmp_path):
     m = train_segmenter(
         tiny_cfg(tmp_path, steps=2),
