@@ -171,6 +171,7 @@ class ShardIndex(Dataset):
             self.entries += [(s, key, where) for key, where in shard_offsets(path)]
         self.has_images = all("image.png" in w for _, _, w in self.entries)
         self._files: dict[int, object] = {}
+        self._shape: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -203,7 +204,9 @@ class ShardIndex(Dataset):
 
     def shape(self) -> tuple[int, int]:
         """(H, W) of the split's masks (all samples of a prepared split share it)."""
-        return self.sample(0, ("mask.png",)).mask.shape
+        if self._shape is None:  # read once: the training stages ask for it per empty batch too
+            self._shape = self.sample(0, ("mask.png",)).mask.shape
+        return self._shape
 
     def __getstate__(self) -> dict:  # DataLoader workers reopen the shards themselves
         return {**self.__dict__, "_files": {}}
