@@ -1,8 +1,8 @@
 """OASIS: label map → image with adversarial supervision only (Schönfeld et al. 2021, arXiv 2012.04781).
 
 Generator: SPADE ResNet blocks (Park et al. 2019) fed with the one-hot label map concatenated with
-3D noise (a z per image broadcast to every pixel, or a z per pixel), nearest upsampling, spectral
-norm on the block convolutions, tanh output. Discriminator: a U-Net of residual blocks that
+3D noise (a z per image broadcast to every pixel, or a z per pixel), nearest (the paper) or
+bilinear upsampling between blocks, spectral norm on the block convolutions, tanh output. Discriminator: a U-Net of residual blocks that
 segments its input into N+1 classes per pixel (channel 0 = fake). Losses (class-balanced N+1
 cross-entropy, LabelMix) are standalone functions in `models/oasis_losses.py`; the training loop
 is in `pipeline/train_images.py`.
@@ -241,6 +241,10 @@ def preset_widths(name: str, g_ch: int, d_ch: int) -> tuple[list[int], list[int]
 # -----------------------------------------------------------------------------------------------
 # networks
 
+# Generator feature upsampling between blocks. Nearest is the paper's; bilinear is smoother where
+# an undertrained G shows the block grid of its small start map (CamVid: 12x16 → 96x128).
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
 
 class OASISGenerator(nn.Module):
     """OASIS generator: SPADE ResNet from one-hot label map + 3D noise to an RGB image in [-1, 1]."""
@@ -254,8 +258,11 @@ class OASISGenerator(nn.Module):
         z_dim: int = 64,
         spade_hidden: int = 128,
         spatial_noise: bool = False,
+        upsample: str = "nearest",
     ):
         super().__init__()
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"unknown upsample {upsample!r}; valid: {', '.join(UPSAMPLE_MODES)}")
         n_up = len(widths) - 2  # one block per pair of widths, upsampling between blocks
         if len(widths) < 2:
             raise ValueError(f"widths needs at least 2 entries (1 block), got {list(widths)}")
@@ -266,7 +273,7 @@ class OASISGenerator(nn.Module):
             )
         self.num_classes, self.height, self.width = num_classes, height, width
         self.widths, self.z_dim, self.spade_hidden = list(widths), z_dim, spade_hidden
-        self.spatial_noise = spatial_noise
+        self.spatial_noise, self.upsample = spatial_noise, upsample
         self.init_size = (height // 2**n_up, width // 2**n_up)
         label_channels = num_classes + z_dim
         self.fc = nn.Conv2d(label_channels, widths[0], 3, padding=1)
@@ -286,7 +293,14 @@ class OASISGenerator(nn.Module):
             "z_dim": self.z_dim,
             "spade_hidden": self.spade_hidden,
             "spatial_noise": self.spatial_noise,
+            "upsample": self.upsample,  # absent from older checkpoints: nearest, the default
         }
+
+    def upsample_features(self, x: torch.Tensor) -> torch.Tensor:
+        """2x upsampling between blocks (the label maps stay nearest: they are class ids)."""
+        if self.upsample == "nearest":
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
     def noise_shape(self) -> tuple[int, ...]:
         """Shape of one image's z: [z_dim] (broadcast to every pixel) or [z_dim, H, W]."""
@@ -335,7 +349,7 @@ class OASISGenerator(nn.Module):
                 pyramid[size] = resize(onehot, size) if split else label_map(size)
             x = block(x, pyramid[size], z if split else None)
             if i < len(self.blocks) - 1:
-                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+                x = self.upsample_features(x)
         return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
 
 
@@ -358,6 +372,10 @@ class UNetDiscriminator(nn.Module):
         ups += [DResBlock(2 * widths[0], max(widths[0] // 2, 1), "up")]
         self.up = nn.ModuleList(ups)
         self.to_logits = nn.Conv2d(max(widths[0] // 2, 1), num_classes + 1, 1)
+
+    def arch(self) -> dict:
+        """What the checkpoint records of this discriminator (its kind and widths)."""
+        return {"kind": "oasis", "num_classes": self.num_classes, "widths": self.widths}
 
     def forward(self, image: torch.Tensor, fast_resample: bool = True) -> torch.Tensor:
         """image [B, 3, H, W] in [-1, 1] → logits [B, N+1, H, W]; H, W divisible by 2^levels.

@@ -3,6 +3,11 @@
 Masks are long tensors [B, H, W] of class ids 0..N-1, with `ignore_index` for void. The
 discriminator's logits are [B, N+1, H, W]: channel 0 is "fake", channel c+1 is class c. All
 losses compute in fp32 (logits from a bf16 network are upcast here).
+
+`valid` (optional, bool [B, H, W]) marks the pixels that came from the image: DiffAugment's
+shifted-in and cut-out pixels are False and count in no loss term. The real loss sees them as
+`ignore_index` in the (augmented) mask; the fake and LabelMix losses average over valid pixels.
+Without `valid` every pixel counts, as in OASIS.
 """
 
 from __future__ import annotations
@@ -40,10 +45,19 @@ def real_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = 255)
     return (ce * per_pixel_weight).mean()
 
 
-def fake_loss(logits: torch.Tensor) -> torch.Tensor:
-    """CE toward the fake class (channel 0) at every pixel, unweighted."""
+def fake_loss(logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """CE toward the fake class (channel 0), unweighted: mean over every (or every valid) pixel."""
     target = torch.zeros(logits.shape[0], *logits.shape[2:], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits.float(), target)
+    if valid is None:
+        return F.cross_entropy(logits.float(), target)
+    ce = F.cross_entropy(logits.float(), target, reduction="none")  # [B, H, W]
+    return valid_mean(ce, valid)
+
+
+def valid_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` [B, (K,) H, W] over the pixels where `valid` [B, H, W] is True."""
+    v = valid if values.dim() == 3 else valid[:, None].expand_as(values)
+    return torch.where(v, values, 0).sum() / v.sum().clamp(min=1)
 
 
 def discriminator_loss(
@@ -51,9 +65,10 @@ def discriminator_loss(
     logits_fake: torch.Tensor,
     mask: torch.Tensor,
     ignore_index: int = 255,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """N+1 loss of the discriminator: real pixels to their class + 1, fake pixels to 0."""
-    return real_loss(logits_real, mask, ignore_index) + fake_loss(logits_fake)
+    return real_loss(logits_real, mask, ignore_index) + fake_loss(logits_fake, valid)
 
 
 def generator_loss(
@@ -89,8 +104,12 @@ def labelmix_loss(
     logits_real: torch.Tensor,
     logits_fake: torch.Tensor,
     mix: torch.Tensor,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE between D(mix of images) and the same mix of D(real) and D(fake) (consistency)."""
+    """MSE between D(mix of images) and the same mix of D(real) and D(fake) (consistency),
+    over every (or every valid) pixel and logit."""
     mix = mix.float()
     target = mix * logits_real.float() + (1 - mix) * logits_fake.float()
-    return F.mse_loss(logits_mixed.float(), target)
+    if valid is None:
+        return F.mse_loss(logits_mixed.float(), target)
+    return valid_mean((logits_mixed.float() - target).square(), valid)

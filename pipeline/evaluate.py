@@ -3,7 +3,10 @@
 Every trained run (`data/segmenter/{mode}-seed{N}/model.pt`) segments the real held-out split
 (test when the dataset has one, else val). Runs of the same seed are paired: the gain of seed N is
 mIoU(real_synth-seedN) - mIoU(real-seedN), and its 95% interval is a t-interval over seeds.
-Also: per-class IoU, pixel accuracy, the data-efficiency curve (gain vs share of real labels,
+Also: per-class IoU, pixel accuracy, the images each mode saw (`real_images_seen_{mode}`,
+`synth_images_seen_{mode}`, means over the seeds, as the runs' checkpoints record them; with
+synth_policy add or pretrain the real counts of both modes are equal), the trust filter's
+statistics of the real_synth runs (`trust_*`, means over the seeds), the data-efficiency curve (gain vs share of real labels,
 from the `-frac` runs present), and, when an image generator checkpoint exists, OASIS's
 protocol: mIoU of the real-only segmenters on images synthesised from the held-out masks,
 divided by their mIoU on the real held-out images.
@@ -81,6 +84,21 @@ def _runs(seg_dir: Path, mode: str, seeds: list[int], fraction: float) -> dict[i
     return {s: p for s, p in found.items() if p.is_file()}
 
 
+def run_statistics(metas: list[dict], mode: str) -> dict[str, float]:
+    """Means over runs of the images they saw (`real_images_seen_{mode}`, ...) and, for the
+    real_synth runs, of their trust filter's `trust_*` statistics; runs from before these
+    were recorded add nothing."""
+    out: dict[str, float] = {}
+    seen = [m["images_seen"] for m in metas if "images_seen" in m]
+    if seen:
+        for part in ("real", "synth"):
+            out[f"{part}_images_seen_{mode}"] = float(np.mean([s[part] for s in seen]))
+    trust = [m["trust"] for m in metas if m.get("trust")]
+    for key in sorted({k for t in trust for k in t}):
+        out[key] = float(np.mean([t[key] for t in trust if key in t]))
+    return out
+
+
 def evaluate(
     cfg: EvaluateConfig,
     real_dir: Path,
@@ -98,12 +116,15 @@ def evaluate(
         raise DatasetError(f"{real_dir}/{split} has no images to segment")
     names, ignore = table.names, table.ignore_index
 
+    metas: dict[Path, dict] = {}  # what each run's checkpoint records about its training
+
     def cm_of(path: Path, imgs: np.ndarray) -> np.ndarray:
         model = load_segmenter(path, device)
         if model.num_classes != table.num_classes:
             raise DatasetError(
                 f"{path} predicts {model.num_classes} classes, {real_dir} has {len(names)}"
             )
+        metas[path] = model.meta
         return confusion_matrix(predict(model, imgs, cfg.batch_size), masks, len(names), ignore)
 
     # Main comparison: full real labels, every seed; the real-only runs are required.
@@ -144,6 +165,7 @@ def evaluate(
         for name, v in zip(names, iou, strict=True):
             if np.isfinite(v):
                 metrics[f"iou_{mode}_{name}"] = float(v)
+        metrics.update(run_statistics([metas[runs[mode][s]] for s in seeds], mode))
     if paired:
         gains = [mean_iou(cms["real_synth", s]) - mean_iou(cms["real", s]) for s in paired]
         mean, std, lo, hi = mean_std_ci95(gains)

@@ -8,11 +8,21 @@ histogram is too far from the real one, or (class targeting) it lacks a chosen c
 mask i gets k images, keyed `{i:08d}_{j}`, whose JSON records the checkpoint hashes, seed, indices
 and the filters passed. Inference runs in the calling thread while a thread pool encodes PNGs.
 
+With `mask_source: real` the layouts are the real training masks instead of SemGAN's
+(`pipeline.real_masks`, as FreeMask does): sample i re-renders real mask i of a seeded stream over
+them (cycling when n_samples exceeds them), randomly cropped-and-resized (nearest) and flipped,
+all drawn from (seed, i). No SemGAN checkpoint is read, and the mask filters and class targeting
+are skipped: they judge generated masks against the real data, and these are real masks (a
+real mask with tiny components or a rare histogram is exactly the variety to keep). Its JSON
+records `real_index` and the `layout` instead of `candidate` and `filters`.
+
 Resumable: a shard counts as complete when its tar and its `shard_stats/*.json` exist with the
-same fingerprint (config, checkpoint hashes, device); a rerun only produces the others.
+same fingerprint (config, checkpoint hashes or the real masks' hash, device); a rerun only
+produces the others.
 
     semsynth generate                                        # data/synthetic
     semsynth generate --set generate.n_samples=5000 --set 'generate.target.classes=[ring]'
+    semsynth generate --set generate.mask_source=real --set generate.images_per_mask=4
 """
 
 from __future__ import annotations
@@ -29,13 +39,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.classes import ClassTable
 from pipeline.config import ConfigError, section, to_dict
+from pipeline.data import ShardIndex
 from pipeline.device import pick_device
 from pipeline.errors import SemsynthError
 from pipeline.generate_filters import (
@@ -49,8 +60,9 @@ from pipeline.generate_filters import (
     target_uniforms,
 )
 from pipeline.io_utils import atomic_write_json, write_metrics
+from pipeline.real_masks import RealMaskConfig, draw_real_masks
 from pipeline.sampling import load_image_generator, load_mask_generator, sample_masks, synthesize
-from pipeline.shards import SHARD_RE, Sample, ShardWriter, encode_sample, shard_name
+from pipeline.shards import SHARD_RE, Sample, ShardWriter, encode_sample, list_shards, shard_name
 from pipeline.shards import load_class_table as _load_table
 
 SECTION = "generate"
@@ -61,22 +73,39 @@ SPLIT = "train"
 @dataclass(frozen=True)
 class GenerateConfig:
     n_samples: int = field(default=800, metadata={"help": "masks to keep (pairs = n * k)"})
+    mask_source: Literal["semgan", "real"] = field(
+        default="semgan",
+        metadata={
+            "help": "semgan: sample masks from mask_checkpoint (filtered); real: re-render the "
+            "real training masks of `data`, varied by real_masks (no SemGAN, no filters)"
+        },
+    )
+    real_masks: RealMaskConfig = field(
+        default_factory=RealMaskConfig,
+        metadata={"help": "mask_source real: flip, min_crop (crop-and-resize of each side)"},
+    )
     images_per_mask: int = field(
         default=1, metadata={"help": "k images per mask (0 = mask-only dataset)"}
     )
     masks_per_shard: int = 200
     seed: int = 0
     data: str = field(default="data/prepared", metadata={"help": "the real prepared dataset"})
-    mask_checkpoint: str = "data/masks/checkpoint.pt"
+    mask_checkpoint: str = field(
+        default="data/masks/checkpoint.pt",
+        metadata={"help": "SemGAN checkpoint (mask_source semgan; not read with real)"},
+    )
     image_checkpoint: str = "data/images/checkpoint.pt"
     out: str = "data/synthetic"
     filters: FilterConfig = field(
         default_factory=FilterConfig,
-        metadata={"help": "max_spurious_rate, spurious_min_size, min_classes, max_hist_distance"},
+        metadata={
+            "help": "SemGAN masks only: max_spurious_rate, spurious_min_size, min_classes, "
+            "max_hist_distance"
+        },
     )
     target: TargetConfig = field(
         default_factory=TargetConfig,
-        metadata={"help": "class targeting: classes, min_fraction, reject"},
+        metadata={"help": "SemGAN masks only: class targeting (classes, min_fraction, reject)"},
     )
     candidates_per_mask: float = field(
         default=8.0, metadata={"help": "each shard may draw this many candidates per mask"}
@@ -100,6 +129,11 @@ class GenerateConfig:
             raise ConfigError("generate.candidates_per_mask must be >= 1")
         if not 0 <= self.compress_level <= 9:
             raise ConfigError("generate.compress_level must be in 0..9")
+        if self.mask_source == "real" and self.target.classes:
+            raise ConfigError(
+                "generate.target.classes favours SemGAN samples; with mask_source real every "
+                "real mask is re-rendered: set generate.target.classes=[]"
+            )
 
 
 Config = GenerateConfig
@@ -152,8 +186,21 @@ def file_sha256(path: str | Path) -> str:
     return _HASHES[key]
 
 
+def real_masks_sha256(data: str | Path) -> str:
+    """One hash of the real train shards: what mask_source real draws its layouts from."""
+    paths = list_shards(data, SPLIT)
+    if not paths:
+        raise SemsynthError(f"{data}: no '{SPLIT}-*.tar' shards to take real masks from")
+    lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def checkpoint_hashes(cfg: GenerateConfig) -> dict[str, str]:
-    out = {"mask": file_sha256(cfg.mask_checkpoint)}
+    """What the samples are made from: the SemGAN checkpoint (or the real masks) and OASIS's."""
+    if cfg.mask_source == "real":
+        out = {"real_masks": real_masks_sha256(cfg.data)}
+    else:
+        out = {"mask": file_sha256(cfg.mask_checkpoint)}
     if cfg.images_per_mask:
         out["image"] = file_sha256(cfg.image_checkpoint)
     return out
@@ -174,11 +221,15 @@ def fingerprint(cfg: GenerateConfig, index: int, hashes: dict[str, str], device:
     Batch sizes stay in: bf16 kernels may round differently for another batch size.
     """
     content = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "out", "metrics")}
+    if cfg.mask_source == "semgan":  # keys added with mask_source: SemGAN shards stay current
+        del content["mask_source"], content["real_masks"]
     blob = json.dumps([content, index, hashes, str(device.type)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _check_models(table: ClassTable, mask_g: Any, image_g: Any, cfg: GenerateConfig) -> None:
+def _check_models(
+    table: ClassTable, mask_size: tuple[int, int], mask_g: Any, image_g: Any, cfg: GenerateConfig
+) -> None:
     for what, g, path in (
         ("mask", mask_g, cfg.mask_checkpoint),
         ("image", image_g, cfg.image_checkpoint),
@@ -188,10 +239,13 @@ def _check_models(table: ClassTable, mask_g: Any, image_g: Any, cfg: GenerateCon
                 f"{what} generator {path} has {g.num_classes} classes but {cfg.data}/classes.json has "
                 f"{table.num_classes}; retrain it on this dataset or point generate.data at its data"
             )
-    if image_g is not None and (image_g.height, image_g.width) != (mask_g.height, mask_g.width):
+    if image_g is not None and (image_g.height, image_g.width) != tuple(mask_size):
+        where = f"mask generator {cfg.mask_checkpoint} makes"
+        if mask_g is None:
+            where = f"{cfg.data}'s real masks are"
         raise SemsynthError(
-            f"mask generator {cfg.mask_checkpoint} makes {mask_g.height}x{mask_g.width} masks but "
-            f"image generator {cfg.image_checkpoint} expects {image_g.height}x{image_g.width}"
+            f"{where} {mask_size[0]}x{mask_size[1]} masks but image generator "
+            f"{cfg.image_checkpoint} expects {image_g.height}x{image_g.width}"
         )
 
 
@@ -232,6 +286,40 @@ class _OrderedEncoder:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass(frozen=True)
+class Kept:
+    """A mask kept for shard output: its sample index, the mask, and its JSON provenance: `ident`
+    (which draw it is) goes before `copy`, `extra` (how it was judged or varied) after."""
+
+    index: int
+    mask: np.ndarray
+    ident: dict[str, Any]
+    extra: dict[str, Any]
+
+
+def _shard_range(cfg: GenerateConfig, shard_index: int) -> tuple[int, int]:
+    lo = shard_index * cfg.masks_per_shard
+    return lo, min(lo + cfg.masks_per_shard, cfg.n_samples)
+
+
+def _real_batches(
+    cfg: GenerateConfig, shard_index: int, source: ShardIndex, stats: dict[str, Any]
+) -> Iterator[list[Kept]]:
+    """mask_source real: the shard's samples in lists of up to image_batch_size, each a real
+    training mask with its layout varied (pipeline.real_masks); none is rejected."""
+    lo, hi = _shard_range(cfg, shard_index)
+    for start in range(lo, hi, cfg.image_batch_size):
+        indices = range(start, min(start + cfg.image_batch_size, hi))
+        t = time.perf_counter()
+        masks, info = draw_real_masks(source, cfg.seed, indices, cfg.real_masks)
+        stats["mask_seconds"] += time.perf_counter() - t
+        stats["candidates"] += len(indices)
+        yield [
+            Kept(i, m, {"real_index": d["real_index"]}, {"layout": d["layout"]})
+            for i, m, d in zip(indices, masks, info, strict=True)
+        ]
+
+
 def _kept_batches(
     cfg: GenerateConfig,
     shard_index: int,
@@ -239,14 +327,13 @@ def _kept_batches(
     real_freq: np.ndarray,
     target_ids: list[int],
     stats: dict[str, Any],
-) -> Iterator[list[tuple[int, int, np.ndarray, dict[str, Any]]]]:
-    """Yield lists of up to image_batch_size kept (index, candidate, mask, filter values).
+) -> Iterator[list[Kept]]:
+    """Yield lists of up to image_batch_size kept masks with their candidate and filter values.
 
     Candidates are drawn in order from the shard's own range, so which masks a shard keeps
     depends only on (checkpoint, seed, shard); rejections are counted into `stats`.
     """
-    lo = shard_index * cfg.masks_per_shard
-    hi = min(lo + cfg.masks_per_shard, cfg.n_samples)
+    lo, hi = _shard_range(cfg, shard_index)
     c_lo, c_hi = candidate_range(cfg, shard_index)
     cand, i, kept = c_lo, lo, []
     while i < hi:
@@ -278,7 +365,7 @@ def _kept_batches(
             }
             if target_ids:
                 values["target_fraction"] = round(float(feats["target_fraction"][b]), 6)
-            kept.append((i, cand + b, masks[b], values))
+            kept.append(Kept(i, masks[b], {"candidate": cand + b}, {"filters": values}))
             i += 1
             if len(kept) == cfg.image_batch_size:
                 yield kept
@@ -312,30 +399,21 @@ def generate_shard(cfg: GenerateConfig, shard_index: int, progress: bool = True)
         if done.get("fingerprint") == fp:
             return {**done, "skipped": True}
 
-    # The real data's class table and histogram, the two generators, and what to record.
+    # The real data's class table, where the masks come from, the image generator, and what
+    # to record.
     table = _load_table(cfg.data)
-    real_freq = real_class_frequency(cfg.data, table)
-    unknown = [c for c in cfg.target.classes if c not in table.names]
-    if unknown:
-        raise ConfigError(
-            f"generate.target.classes: {unknown} are not classes of {cfg.data}; valid: {table.names}"
-        )
-    target_ids = [table.names.index(c) for c in cfg.target.classes]
+    stats: dict[str, Any] = {"candidates": 0, "rejected": 0, "reasons": dict.fromkeys(REASONS, 0)}
+    stats.update(mask_seconds=0.0, image_seconds=0.0)
+    batches, mask_size, mask_g, source = _mask_source(
+        cfg, shard_index, table, hashes, device, stats
+    )
     k = cfg.images_per_mask
-    mask_g = _model("mask", cfg.mask_checkpoint, hashes["mask"], device)
     image_g = _model("image", cfg.image_checkpoint, hashes["image"], device) if k else None
-    _check_models(table, mask_g, image_g, cfg)
-    provenance = {
-        "seed": cfg.seed,
-        "shard": shard_index,
-        "mask_checkpoint": {"path": cfg.mask_checkpoint, "sha256": hashes["mask"]},
-        "filters_passed": active_filters(cfg.filters, cfg.target),
-    }
+    _check_models(table, mask_size, mask_g, image_g, cfg)
+    provenance = {"seed": cfg.seed, "shard": shard_index, **source}
     if image_g is not None:
         provenance["image_checkpoint"] = {"path": cfg.image_checkpoint, "sha256": hashes["image"]}
     C = table.num_classes
-    stats: dict[str, Any] = {"candidates": 0, "rejected": 0, "reasons": dict.fromkeys(REASONS, 0)}
-    stats.update(mask_seconds=0.0, image_seconds=0.0)
     pixels, presence = np.zeros(C + 1, np.int64), np.zeros(C, np.int64)
 
     # Masks in batches → k images per mask → samples, encoded by the pool in the background.
@@ -345,23 +423,21 @@ def generate_shard(cfg: GenerateConfig, shard_index: int, progress: bool = True)
         encoder = _OrderedEncoder(writer, table, cfg, 4 * cfg.image_batch_size * max(k, 1))
         ok = False
         try:
-            for kept in _kept_batches(cfg, shard_index, mask_g, real_freq, target_ids, stats):
-                masks = np.stack([m for _, _, m, _ in kept])
+            for kept in batches:  # consecutive sample indices
+                masks = np.stack([x.mask for x in kept])
                 images = None
                 if image_g is not None:
                     t = time.perf_counter()
-                    images = synthesize_images(image_g, masks, cfg, start=kept[0][0])
+                    images = synthesize_images(image_g, masks, cfg, start=kept[0].index)
                     stats["image_seconds"] += time.perf_counter() - t
-                for b, (idx, cand, mask, values) in enumerate(kept):
-                    h = np.bincount(mask.ravel(), minlength=256)
+                for b, x in enumerate(kept):
+                    h = np.bincount(x.mask.ravel(), minlength=256)
                     pixels += np.append(h[:C], h[C:].sum()) * max(k, 1)
                     presence += h[:C] > 0
                     for j in range(max(k, 1)):
-                        meta = {**provenance, "index": idx, "candidate": cand, "copy": j}
+                        meta = {**provenance, "index": x.index, **x.ident, "copy": j} | x.extra
                         image = None if images is None else images[b, j]
-                        encoder.submit(
-                            Sample(f"{idx:08d}_{j}", mask, image, meta | {"filters": values})
-                        )
+                        encoder.submit(Sample(f"{x.index:08d}_{j}", x.mask, image, meta))
                 bar.update(len(kept))
             ok = True
         finally:
@@ -381,6 +457,40 @@ def generate_shard(cfg: GenerateConfig, shard_index: int, progress: bool = True)
     )
     atomic_write_json(stats_path, stats)
     return {**stats, "skipped": False}
+
+
+def _mask_source(
+    cfg: GenerateConfig,
+    shard_index: int,
+    table: ClassTable,
+    hashes: dict[str, str],
+    device: Any,
+    stats: dict[str, Any],
+) -> tuple[Iterator[list[Kept]], tuple[int, int], Any, dict[str, Any]]:
+    """The shard's masks: (lazy batches of kept masks, mask size, the SemGAN generator or None,
+    the provenance every sample records about where its mask came from)."""
+    if cfg.mask_source == "real":
+        source = ShardIndex(cfg.data, SPLIT)
+        provenance = {
+            "mask_source": "real",
+            "real_masks": {"path": cfg.data, "sha256": hashes["real_masks"]},
+            "filters_passed": [],
+        }
+        return _real_batches(cfg, shard_index, source, stats), source.shape(), None, provenance
+    real_freq = real_class_frequency(cfg.data, table)
+    unknown = [c for c in cfg.target.classes if c not in table.names]
+    if unknown:
+        raise ConfigError(
+            f"generate.target.classes: {unknown} are not classes of {cfg.data}; valid: {table.names}"
+        )
+    target_ids = [table.names.index(c) for c in cfg.target.classes]
+    mask_g = _model("mask", cfg.mask_checkpoint, hashes["mask"], device)
+    provenance = {
+        "mask_checkpoint": {"path": cfg.mask_checkpoint, "sha256": hashes["mask"]},
+        "filters_passed": active_filters(cfg.filters, cfg.target),
+    }
+    batches = _kept_batches(cfg, shard_index, mask_g, real_freq, target_ids, stats)
+    return batches, (mask_g.height, mask_g.width), mask_g, provenance
 
 
 def synthesize_images(

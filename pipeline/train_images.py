@@ -9,6 +9,10 @@ images seen. The defaults fit the 64x64 `shapes` data in about 3 CPU minutes; fo
 e.g. `--set train_images.preset=paper --set train_images.g_ch=64 --set train_images.d_ch=64
 --set train_images.total_images=2000000` on a GPU (the paper's sizes).
 
+For a few hundred real images: `discriminator: pretrained` swaps OASIS's D for the same N+1
+U-Net on a frozen (or fine-tuned) ImageNet EfficientNet-Lite0 encoder, and `diffaug: true`
+augments every D input in both steps, the label map moved with the image (`models/diffaug.py`).
+
 Under `torchrun --nproc_per_node N` the same loop runs data-parallel: each rank draws its
 batch_size / N share of every global batch from its own seeded stream, G and D are wrapped in DDP
 for the steps that update them, G's batch norm takes its statistics over the global batch, and
@@ -21,14 +25,30 @@ import argparse
 import copy
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.oasis import PRESETS, OASISGenerator, UNetDiscriminator, preset_widths
+from models.diffaug import POLICIES as DIFFAUG_POLICIES
+from models.diffaug import Transform, draw_augmentation
+from models.oasis import (
+    PRESETS,
+    UPSAMPLE_MODES,
+    OASISGenerator,
+    UNetDiscriminator,
+    preset_widths,
+)
 from models.oasis_losses import discriminator_loss, generator_loss, labelmix, labelmix_loss
+from models.oasis_pretrained import (
+    DEFAULT_DECODER_CHANNELS,
+    ENCODER_DEPTH,
+    STRIDE,
+    PretrainedUNetDiscriminator,
+)
 from pipeline import distributed
 from pipeline import gan_training as gan
 from pipeline.classes import ClassTable
@@ -37,10 +57,12 @@ from pipeline.data import ShardIndex
 from pipeline.device import autocast, use_channels_last
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.io_utils import open_live, write_metrics
+from pipeline.pretrained import encoder_state_dict
 from pipeline.sampling import onehot, synthesize
 from pipeline.shards import load_class_table, load_split, splits
 
 SECTION = "train_images"
+PRETRAINED_ENCODER = "efficientnet-lite0"  # the encoder with offline ImageNet weights
 log = logging.getLogger(__name__)
 # Settings a run may change and still resume its checkpoint: the budget, logging, evaluation,
 # paths. Any other difference is an error (gan_training.resume).
@@ -59,10 +81,35 @@ class TrainImagesConfig:
     )
     g_ch: int = field(default=8, metadata={"help": "generator base width (paper: 64)"})
     d_ch: int = field(default=16, metadata={"help": "discriminator base width (paper: 64)"})
+    discriminator: str = field(
+        default="oasis",
+        metadata={
+            "help": "oasis (the paper's residual U-Net, from scratch) | pretrained (a U-Net on "
+            "an ImageNet EfficientNet-Lite0 encoder; H, W divisible by 32)"
+        },
+    )
+    d_encoder: str = field(
+        default="frozen",
+        metadata={"help": "pretrained D's encoder: frozen | finetune (trained, lr_d x mult)"},
+    )
+    d_encoder_lr_mult: float = field(
+        default=0.1, metadata={"help": "d_encoder finetune: encoder lr = lr_d x this"}
+    )
+    d_decoder_channels: tuple[int, ...] = field(
+        default=DEFAULT_DECODER_CHANNELS,
+        metadata={"help": "pretrained D's decoder widths, from 1/16 to full size (5)"},
+    )
+    d_spectral_norm: bool = field(
+        default=True, metadata={"help": "pretrained D: spectral norm on the decoder convs"}
+    )
     spade_hidden: int = field(default=32, metadata={"help": "SPADE hidden width (paper: 128)"})
     z_dim: int = field(default=64, metadata={"help": "3D noise channels; 0 = no noise"})
     spatial_noise: bool = field(
         default=False, metadata={"help": "a z per pixel instead of one z per image"}
+    )
+    g_upsample: str = field(
+        default="nearest",
+        metadata={"help": f"G's feature upsampling between blocks: {' | '.join(UPSAMPLE_MODES)}"},
     )
     labelmix_weight: float = field(default=10.0, metadata={"help": "LabelMix weight; 0 = off"})
     batch_size: int = 16
@@ -81,6 +128,14 @@ class TrainImagesConfig:
         default=16, metadata={"help": "batches to re-estimate the EMA's BN stats before sampling"}
     )
     flip: bool = field(default=True, metadata={"help": "random horizontal flips"})
+    diffaug: bool = field(
+        default=False,
+        metadata={"help": "DiffAugment every D input (real, fake, LabelMix) in both steps"},
+    )
+    diffaug_policy: tuple[str, ...] = field(
+        default=("translation", "cutout", "color"),
+        metadata={"help": f"DiffAugment transforms, any of: {', '.join(DIFFAUG_POLICIES)}"},
+    )
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast + channels-last if fast"})
@@ -117,6 +172,32 @@ class TrainImagesConfig:
             raise ConfigError("train_images.lr_g and lr_d must be > 0")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train_images.betas must be in [0, 1), got {list(self.betas)}")
+        self._check_choices()
+
+    def _check_choices(self) -> None:
+        choices = {
+            "discriminator": ("oasis", "pretrained"),
+            "d_encoder": ("frozen", "finetune"),
+            "g_upsample": UPSAMPLE_MODES,
+        }
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ConfigError(
+                    f"train_images.{key} {getattr(self, key)!r} is unknown; valid: {', '.join(valid)}"
+                )
+        if self.d_encoder_lr_mult <= 0:
+            raise ConfigError("train_images.d_encoder_lr_mult must be > 0")
+        if len(self.d_decoder_channels) != ENCODER_DEPTH or min(self.d_decoder_channels) < 1:
+            raise ConfigError(
+                f"train_images.d_decoder_channels needs {ENCODER_DEPTH} widths >= 1, "
+                f"got {list(self.d_decoder_channels)}"
+            )
+        unknown = sorted(set(self.diffaug_policy) - set(DIFFAUG_POLICIES))
+        if unknown or (self.diffaug and not self.diffaug_policy):
+            raise ConfigError(
+                f"train_images.diffaug_policy {list(self.diffaug_policy)}: list one or more of "
+                f"{', '.join(DIFFAUG_POLICIES)}"
+            )
 
 
 Config = TrainImagesConfig
@@ -130,22 +211,18 @@ def build_state(
     cfg: TrainImagesConfig, n_classes: int, size: tuple[int, int], device: torch.device
 ) -> gan.GanState:
     """G, its EMA copy, D and their optimisers; initial weights drawn from a private RNG (no
-    global randomness). One CPU generator per rank then draws batches, flips, noise and LabelMix
-    coins; rank 0's stream is the one a run alone draws."""
+    global randomness). One CPU generator per rank then draws batches, flips, noise, DiffAugment
+    transforms and LabelMix coins; rank 0's stream is the one a run alone draws."""
     (h, w), mem = size, _memory_format(device, cfg.bf16)
-    g_widths, d_widths = preset_widths(cfg.preset, cfg.g_ch, cfg.d_ch)
+    g_widths, _ = preset_widths(cfg.preset, cfg.g_ch, cfg.d_ch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         try:
             G = OASISGenerator(
-                n_classes, h, w, g_widths, cfg.z_dim, cfg.spade_hidden, cfg.spatial_noise
-            )
-            D = UNetDiscriminator(n_classes, d_widths)
-            if h % 2 ** len(d_widths) or w % 2 ** len(d_widths):
-                raise ValueError(
-                    f"image size must be divisible by 2^{len(d_widths)} for "
-                    f"{len(d_widths)} discriminator levels; change the size or the preset"
-                )
+                n_classes, h, w, g_widths, cfg.z_dim, cfg.spade_hidden, cfg.spatial_noise,
+                cfg.g_upsample,
+            )  # fmt: skip
+            D = build_discriminator(cfg, n_classes, (h, w))
         except ValueError as e:
             raise ConfigError(f"train_images: {e} (data {cfg.data} is {h}x{w})") from None
     G.to(device, memory_format=mem).train()
@@ -161,9 +238,65 @@ def build_state(
         ema=ema,
         D=D,
         opt_g=torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas)),
-        opt_d=torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas)),
+        opt_d=torch.optim.Adam(d_param_groups(D, cfg), lr=cfg.lr_d, betas=tuple(cfg.betas)),
         rng=torch.Generator().manual_seed(distributed.rank_seed(cfg.seed)),
     )
+
+
+Discriminator = UNetDiscriminator | PretrainedUNetDiscriminator
+
+
+def build_discriminator(
+    cfg: TrainImagesConfig, n_classes: int, size: tuple[int, int]
+) -> Discriminator:
+    """OASIS's U-Net D, or the U-Net on a pretrained encoder (its ImageNet weights read here)."""
+    h, w = size
+    if cfg.discriminator == "oasis":
+        widths = preset_widths(cfg.preset, cfg.g_ch, cfg.d_ch)[1]
+        if h % 2 ** len(widths) or w % 2 ** len(widths):
+            raise ValueError(
+                f"image size must be divisible by 2^{len(widths)} for {len(widths)} "
+                "discriminator levels; change the size or the preset"
+            )
+        return UNetDiscriminator(n_classes, widths)
+    if h % STRIDE or w % STRIDE:
+        raise ValueError(
+            f"discriminator=pretrained needs H and W divisible by {STRIDE} (its encoder's "
+            "stride): prepare the data at such a size (64x64, 96x128) or use discriminator=oasis"
+        )
+    return PretrainedUNetDiscriminator(
+        n_classes,
+        PRETRAINED_ENCODER,
+        cfg.d_decoder_channels,
+        encoder_state_dict(PRETRAINED_ENCODER, "imagenet"),
+        trainable_encoder=cfg.d_encoder == "finetune",
+        spectral_norm=cfg.d_spectral_norm,
+    )
+
+
+def d_param_groups(D: Discriminator, cfg: TrainImagesConfig) -> list[dict]:
+    """D's trained parameters; a fine-tuned pretrained encoder at lr_d x d_encoder_lr_mult, a
+    frozen one not at all."""
+    if not isinstance(D, PretrainedUNetDiscriminator):
+        return [{"params": list(D.parameters())}]
+    groups = [{"params": [p for n, p in D.named_parameters() if not n.startswith("encoder.")]}]
+    if cfg.d_encoder == "finetune":
+        lr = cfg.lr_d * cfg.d_encoder_lr_mult
+        groups.append({"params": list(D.encoder.parameters()), "lr": lr})
+    return groups
+
+
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """No weight gradients for `module` inside; each parameter's own flag restored after (a
+    frozen pretrained encoder stays frozen)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
 
 
 def _memory_format(device: torch.device, bf16: bool) -> torch.memory_format:
@@ -313,10 +446,16 @@ def train_images(
             state.ema, train, cfg.bn_refresh_batches, cfg.batch_size, refresh_rng, cfg.bf16
         )
         gan.save(ckpt_path, state, main=proc.main, arch=G.arch(), config=config,
-                 finished=finished, ignore_index=void)  # fmt: skip
+                 finished=finished, ignore_index=void, discriminator_arch=D.arch())  # fmt: skip
         if proc.main:
             png = gan.png_bytes(sample_grid(state.ema, shown, table, cfg.grid_seeds))
             gan.write_grid(out_dir, png, state.images_seen, live)
+
+    policy = cfg.diffaug_policy if cfg.diffaug else ()
+
+    def augmentation() -> Transform:
+        """A DiffAugment draw for this rank's batch from its stream (the identity when off)."""
+        return draw_augmentation(policy, batch, train.shape(), rng, device)
 
     schedule = gan.Schedule.of(cfg, stop_after_images)
     losses = gan.LossWindow("loss_g", "loss_d", "loss_labelmix")
@@ -330,29 +469,34 @@ def train_images(
         label = onehot(mask, n_classes, cl)
         z = torch.randn(batch, *G.noise_shape(), generator=rng).to(device) if cfg.z_dim else None
 
-        # Generator step: make D (frozen, unwrapped) segment the fakes as the label map's classes.
-        D.requires_grad_(False)
-        with autocast(device, cfg.bf16):
-            fake = G_ddp(label, z)
-            loss_g = generator_loss(D(fake), mask, void)
-        state.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        state.opt_g.step()
-        D.requires_grad_(True)
+        # Generator step: make D (frozen, unwrapped) segment the fakes as the label map's
+        # classes; with DiffAugment D sees them (and the label map) augmented, as in its step.
+        aug = augmentation()
+        with frozen(D):
+            with autocast(device, cfg.bf16):
+                fake = G_ddp(label, z)
+                loss_g = generator_loss(D(aug.image(fake)), aug.labels(mask, void), void)
+            state.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            state.opt_g.step()
 
         # Discriminator step: N+1 segmentation of real and fake, plus LabelMix consistency.
+        # One DiffAugment draw moves real, fake and label map alike, and LabelMix mixes the
+        # augmented pair: D(mix) stays comparable pixel by pixel with D(real) and D(fake).
         # Three forwards through D_ddp, one backward: DDP averages D's gradients once.
         with torch.no_grad(), autocast(device, cfg.bf16):
             fake = G(label, z)
+        aug = augmentation()
+        real_a, fake_a, mask_a = aug.image(real), aug.image(fake), aug.labels(mask, void)
         with autocast(device, cfg.bf16):
-            logits_real, logits_fake = D_ddp(real), D_ddp(fake)
-        loss_d = discriminator_loss(logits_real, logits_fake, mask, void)
+            logits_real, logits_fake = D_ddp(real_a), D_ddp(fake_a)
+        loss_d = discriminator_loss(logits_real, logits_fake, mask_a, void, aug.valid)
         loss_lm = torch.zeros((), device=device)
         if cfg.labelmix_weight > 0:
-            mixed, mix = labelmix(real, fake, mask, n_classes, rng, void)
+            mixed, mix = labelmix(real_a, fake_a, mask_a, n_classes, rng, void)
             with autocast(device, cfg.bf16):
                 logits_mixed = D_ddp(mixed.contiguous(memory_format=mem))
-            loss_lm = labelmix_loss(logits_mixed, logits_real, logits_fake, mix)
+            loss_lm = labelmix_loss(logits_mixed, logits_real, logits_fake, mix, aug.valid)
         state.opt_d.zero_grad(set_to_none=True)
         (loss_d + cfg.labelmix_weight * loss_lm).backward()
         state.opt_d.step()

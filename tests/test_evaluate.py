@@ -156,3 +156,43 @@ def test_cli_takes_the_seeds_of_train_segmenter(tiny_shapes, runs, tmp_path, mon
     assert m["n_seeds"] == 1 and "miou_gain_std" not in m  # one seed: no spread, no interval
     assert m["miou_real"] == pytest.approx(runs["per_run"]["real-seed1"]["miou"], abs=1e-9)
     assert (tmp_path / "metrics/segmentation_plots/per_class_iou.json").is_file()
+
+
+def test_images_seen_per_mode_and_only_added_keys(runs, evaluated):
+    """`dvc metrics diff` compatibility: every key from before synth_policy is still there; the
+    additions are the images each mode saw (means over seeds, from the runs' checkpoints)."""
+    m, per_run = evaluated, runs["per_run"]
+    before = {
+        "miou_real", "miou_real_std", "pixel_acc_real", "miou_real_synth", "miou_real_synth_std",
+        "pixel_acc_real_synth", "miou_gain", "miou_gain_std", "miou_gain_ci95_low",
+        "miou_gain_ci95_high", "n_seeds", "n_heldout", "miou_gain_frac50",
+    }  # fmt: skip
+    assert before <= set(m)
+    added = {k for k in m if k not in before and not k.startswith("iou_")}
+    assert added == {
+        f"{part}_images_seen_{mode}"
+        for part in ("real", "synth")
+        for mode in ("real", "real_synth")
+    }
+    for mode in ("real", "real_synth"):
+        runs_ = [per_run[f"{mode}-seed{s}"] for s in (0, 1)]
+        assert m[f"real_images_seen_{mode}"] == np.mean([r["real_images_seen"] for r in runs_])
+        assert m[f"synth_images_seen_{mode}"] == np.mean([r["synth_images_seen"] for r in runs_])
+    assert m["real_images_seen_real"] == 8 and m["real_images_seen_real_synth"] == 4  # replace
+
+
+def test_run_statistics_average_the_trust_filter_over_seeds():
+    from pipeline.evaluate import run_statistics
+
+    metas = [
+        {"images_seen": {"real": 8, "synth": 4}, "trust": {"trust_ignored_share": 0.1}},
+        {"images_seen": {"real": 8, "synth": 6}, "trust": {"trust_ignored_share": 0.3}},
+        {},  # a run from before these were recorded
+    ]
+    assert run_statistics(metas, "real_synth") == pytest.approx(
+        {
+            "real_images_seen_real_synth": 8.0,
+            "synth_images_seen_real_synth": 5.0,
+            "trust_ignored_share": 0.2,
+        }
+    )

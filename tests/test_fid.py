@@ -1,11 +1,20 @@
-"""FID: Fréchet distance against hand-computed values and scipy's sqrtm; Inception preprocessing."""
+"""FID: Fréchet distance against hand-computed values and scipy's sqrtm; Inception preprocessing.
+KID: the unbiased estimator against a direct double loop; near 0 for one distribution."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.metrics.fid import fid, frechet_distance, inception_features
+from pipeline.metrics import fid as fid_module
+from pipeline.metrics.fid import (
+    fid,
+    fid_kid,
+    fid_kid_from_features,
+    frechet_distance,
+    inception_features,
+    kid,
+)
 
 
 def _smooth_images(n: int, seed: int, size: int = 32) -> np.ndarray:
@@ -84,3 +93,74 @@ def test_inception_features_rejects_wrong_layout() -> None:
         inception_features(np.zeros((2, 8, 8, 3), dtype=np.float32))
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
         inception_features(np.zeros((2, 3, 8, 8), dtype=np.uint8))
+
+
+def _features(n: int, seed: int, shift: float = 0.0, dim: int = 2048) -> np.ndarray:
+    """Non-negative, correlated features like pool3's: ReLU of a positive mean plus mixed noise."""
+    rng = np.random.default_rng(seed)
+    mean = np.random.default_rng(98).uniform(0.2, 0.6, dim)  # the same for every set
+    mix = np.random.default_rng(99).normal(size=(16, dim)) * 0.075
+    return np.maximum(mean + rng.normal(size=(n, 16)) @ mix + shift, 0.0)
+
+
+def _mmd2_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """Binkowski et al.'s unbiased MMD^2, written as the double sums of its definition."""
+    m, d = len(x), x.shape[1]
+    k = lambda u, v: (u @ v / d + 1.0) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
+    return xx / (m * (m - 1)) + yy / (m * (m - 1)) - 2 * xy / (m * m)
+
+
+def test_kid_matches_direct_double_sum() -> None:
+    # subset_size = n: every subset is the whole set reordered, so every subset gives the
+    # reference value and the spread is round-off.
+    x, y = _features(7, seed=0, dim=5), _features(7, seed=1, shift=0.3, dim=5)
+    mean, std = kid(x, y, subsets=5, subset_size=7)
+    assert mean == pytest.approx(_mmd2_reference(x, y), rel=1e-10)
+    assert std < 1e-12
+
+
+def test_kid_subsets_without_full_kernel_matrices_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large sets compute each subset's kernels from its features: same draws, same numbers.
+    x, y = _features(40, seed=0, dim=32), _features(30, seed=1, shift=0.2, dim=32)
+    full = kid(x, y, subsets=20, subset_size=10, seed=3)
+    monkeypatch.setattr(fid_module, "_KID_FULL_GRAM_MAX", 10)
+    per_subset = kid(x, y, subsets=20, subset_size=10, seed=3)
+    assert per_subset == pytest.approx(full, rel=1e-10)
+    assert full[1] > 0  # subsets of 10 from 30-40 samples differ
+    assert kid(x, y, subsets=20, subset_size=10, seed=3) == per_subset  # seeded
+    assert kid(x, y, subsets=20, subset_size=10, seed=4) != per_subset
+    both = fid_kid_from_features(x, y, subsets=20, subset_size=10, seed=3)
+    assert both == {"fid": frechet_distance(x, y), "kid": per_subset[0], "kid_std": per_subset[1]}
+
+
+def test_kid_near_zero_for_one_distribution_and_grows_with_shift() -> None:
+    real = _features(200, seed=0)
+    same = kid(real, real, subsets=10, subset_size=100)[0]
+    other = kid(real, _features(200, seed=1), subsets=10, subset_size=100)[0]
+    small = kid(real, _features(200, seed=1, shift=0.1), subsets=10, subset_size=100)[0]
+    large = kid(real, _features(200, seed=1, shift=0.3), subsets=10, subset_size=100)[0]
+    # The same set twice is slightly negative: subsets drawn from it share samples, and the
+    # cross term then holds k(x, x) > k(x, y), which the within terms leave out.
+    assert -0.1 * small < same < 0 and abs(other) < 0.1 * small
+    assert 0 < small < large
+
+
+def test_kid_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        kid(np.zeros((1, 4)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="same D"):
+        kid(np.zeros((3, 4)), np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="subsets"):
+        kid(np.zeros((3, 4)), np.zeros((3, 4)), subsets=0)
+
+
+def test_fid_kid_agrees_with_fid() -> None:
+    # Inception on CPU is the slow part: 4 images per set, each set through it twice.
+    real, fake = _smooth_images(4, seed=0), _smooth_images(4, seed=2)
+    out = fid_kid(real, fake, batch_size=4, subsets=3, subset_size=3)
+    assert set(out) == {"fid", "kid", "kid_std"}
+    assert out["fid"] == pytest.approx(fid(real, fake), rel=1e-6)
+    assert np.isfinite(out["kid"]) and out["kid_std"] > 0  # 3 of 4 samples: subsets differ

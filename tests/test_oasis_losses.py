@@ -90,3 +90,28 @@ def test_labelmix_coins_come_from_the_generator() -> None:
     a = labelmix(real, fake, mask, 5, torch.Generator().manual_seed(7))[1]
     b = labelmix(real, fake, mask, 5, torch.Generator().manual_seed(7))[1]
     assert torch.equal(a, b)
+
+
+def test_valid_map_all_true_is_the_unmasked_loss_and_false_pixels_do_not_count() -> None:
+    g = torch.Generator().manual_seed(0)
+    lr, lf, lm = (torch.randn(2, 4, 3, 5, generator=g) for _ in range(3))
+    mix = torch.randint(0, 2, (2, 1, 3, 5), generator=g).float()
+    everywhere = torch.ones(2, 3, 5, dtype=torch.bool)
+    torch.testing.assert_close(fake_loss(lf, everywhere), fake_loss(lf))
+    torch.testing.assert_close(
+        labelmix_loss(lm, lr, lf, mix, everywhere), labelmix_loss(lm, lr, lf, mix)
+    )
+    # half the pixels invalid: the means run over the valid ones only, whatever the others hold
+    valid = torch.rand(2, 3, 5, generator=g) < 0.5
+    poked = torch.where(valid[:, None], lf, torch.randn(2, 4, 3, 5, generator=g) * 9)
+    assert fake_loss(poked, valid).item() == pytest.approx(fake_loss(lf, valid).item())
+    per_pixel = F.cross_entropy(lf, torch.zeros(2, 3, 5, dtype=torch.long), reduction="none")
+    assert fake_loss(lf, valid).item() == pytest.approx(per_pixel[valid].mean().item())
+    sq = (lm - (mix * lr + (1 - mix) * lf)).square()
+    assert labelmix_loss(lm, lr, lf, mix, valid).item() == pytest.approx(
+        sq.permute(0, 2, 3, 1)[valid].mean().item()
+    )
+    mask = torch.randint(0, 3, (2, 3, 5), generator=g)
+    assert discriminator_loss(lr, lf, mask, valid=valid).item() == pytest.approx(
+        (real_loss(lr, mask) + fake_loss(lf, valid)).item()
+    )

@@ -226,3 +226,20 @@ def test_synthesize_deterministic_batch_independent_and_multimodal(tmp_path) -> 
     assert not loaded.training and (loaded.num_classes, loaded.height, loaded.width) == (5, 16, 24)
     again = synthesize(loaded, masks, seed=3, n_per_mask=2, bf16=False)
     assert np.abs(again.astype(int) - a).max() <= 1  # channels-last kernels may round apart
+
+
+def test_bilinear_upsampling_option_and_checkpoints_without_it_load_as_nearest(tmp_path) -> None:
+    near, bil = _generator(), _generator(upsample="bilinear")
+    assert near.arch()["upsample"] == "nearest" and bil.arch()["upsample"] == "bilinear"
+    bil.load_state_dict(near.state_dict())  # same weights: only the resampling differs
+    lab, z = onehot(torch.randint(0, 5, (2, 16, 24)), 5), torch.randn(2, 8)
+    with torch.no_grad():
+        assert not torch.allclose(near(lab, z), bil(lab, z))
+    with pytest.raises(ValueError, match="upsample.*nearest, bilinear"):
+        _generator(upsample="cubic")
+    # a checkpoint written before the option existed has no "upsample" in its arch
+    old_arch = {k: v for k, v in near.arch().items() if k != "upsample"}
+    save_checkpoint(tmp_path / "old.pt", {"model": {}, "ema": near.state_dict(), "arch": old_arch})
+    assert load_image_generator(tmp_path / "old.pt").upsample == "nearest"
+    save_checkpoint(tmp_path / "b.pt", {"model": {}, "ema": bil.state_dict(), "arch": bil.arch()})
+    assert load_image_generator(tmp_path / "b.pt").upsample == "bilinear"

@@ -175,7 +175,10 @@ def test_cli_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["train-images", "--help"])
     assert e.value.code == 0
-    assert "labelmix_weight" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for key in ("labelmix_weight", "discriminator", "d_encoder_lr_mult", "diffaug_policy"):
+        assert key in out
+    assert "g_upsample" in out and "nearest | bilinear" in out
 
 
 def test_grid_rows_spread_over_the_split() -> None:
@@ -183,3 +186,77 @@ def test_grid_rows_spread_over_the_split() -> None:
     assert grid_indices(101, 6).tolist() == [0, 20, 40, 60, 80, 100]
     assert grid_indices(3, 6).tolist() == [0, 1, 2]  # fewer samples than rows: each once
     assert grid_indices(1, 6).tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"discriminator": "pretrained", "d_encoder": "frozen"},
+        {"discriminator": "pretrained", "d_encoder": "finetune", "diffaug": True},
+        {"diffaug": True, "g_upsample": "bilinear"},
+    ],
+    ids=["pretrained-frozen", "pretrained-finetune-diffaug", "oasis-diffaug-bilinear"],
+)
+def test_discriminator_diffaug_and_upsampling_options_train_and_checkpoint(
+    tiny_shapes: Path, tmp_path: Path, options: dict
+) -> None:
+    from pipeline.pretrained import encoder_state_dict
+
+    cfg = TrainImagesConfig(
+        **{**TINY, "total_images": 12, "fid_images": 0, "d_decoder_channels": (8, 8, 8, 4, 4)},
+        **options,
+    )
+    out = tmp_path / "o"
+    m = train_images(cfg, tiny_shapes, out, False, tmp_path / "m.json", tmp_path / "live")
+    assert m["images_seen"] == 12 and np.isfinite(m["loss_d"]) and np.isfinite(m["loss_g"])
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["discriminator_arch"]["kind"] == cfg.discriminator
+    assert ckpt["config"]["diffaug"] is cfg.diffaug
+    assert load_image_generator(out / "checkpoint.pt").upsample == cfg.g_upsample
+    if cfg.discriminator == "pretrained":
+        stem = ckpt["discriminator"]["encoder.conv_stem.weight"]
+        imagenet = encoder_state_dict("efficientnet-lite0", "imagenet")["_conv_stem.weight"]
+        assert torch.equal(stem, imagenet) is (cfg.d_encoder == "frozen")
+    # resuming with another discriminator is refused, the key named
+    other = "oasis" if cfg.discriminator == "pretrained" else "pretrained"
+    with pytest.raises(ConfigError, match=r"train_images\.discriminator.*--restart"):
+        train_images(
+            dataclasses.replace(cfg, discriminator=other), tiny_shapes, out, False,
+            tmp_path / "m.json", tmp_path / "live",
+        )  # fmt: skip
+
+
+def test_diffaug_run_resumes_to_exactly_the_uninterrupted_weights(
+    tiny_shapes: Path, tmp_path: Path
+) -> None:
+    # every DiffAugment draw comes from the stage's stream, which the checkpoint holds
+    cfg = TrainImagesConfig(**{**TINY, "total_images": 16, "fid_images": 0, "diffaug": True})
+
+    def run(name: str, **kw) -> dict:
+        out = tmp_path / name
+        train_images(cfg, tiny_shapes, out, False, out / "m.json", out / "live", **kw)
+        return torch.load(out / "checkpoint.pt", weights_only=True)
+
+    straight = run("straight")
+    run("resumed", stop_after_images=8)
+    resumed = run("resumed")
+    for net in ("model", "discriminator"):
+        for k, v in straight[net].items():
+            torch.testing.assert_close(resumed[net][k], v, rtol=0, atol=0, msg=f"{net}.{k}")
+
+
+def test_new_options_are_checked(tiny_shapes: Path) -> None:
+    from pipeline.train_images import build_state
+
+    for key, bad in [
+        ("discriminator", "resnet"), ("d_encoder", "thawed"), ("g_upsample", "cubic"),
+        ("diffaug_policy", ("translation", "flip")), ("d_decoder_channels", (8, 8)),
+        ("d_encoder_lr_mult", 0.0),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"train_images.{key}"):
+            TrainImagesConfig(**{key: bad})
+    with pytest.raises(ConfigError, match="diffaug_policy"):
+        TrainImagesConfig(diffaug=True, diffaug_policy=())
+    cfg = TrainImagesConfig(**{**TINY, "discriminator": "pretrained"})
+    with pytest.raises(ConfigError, match="divisible by 32.*discriminator=oasis"):
+        build_state(cfg, 7, (48, 64), torch.device("cpu"))

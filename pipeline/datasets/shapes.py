@@ -1,10 +1,19 @@
 """`shapes`: the embedded procedural dataset, after SemGAN's coloured-shapes experiment.
 
-Each sample paints 3-8 shapes over a textured background; later shapes occlude earlier ones.
-The image is deliberately not a function of the mask: every instance (and the background) gets
-a random colour drawn from the same distribution for every class, a random texture (flat,
-stripes, checker, blotches), a shading gradient, and the whole image gets blur and noise. A
-segmenter has to learn shape, not colour, which leaves headroom for synthetic data to help.
+Each sample paints 3-8 shapes of 6 classes over a textured background; later shapes occlude
+earlier ones. Every region (each instance, and the background) gets a random texture (flat,
+stripes, checker, blotches) between a base colour and a random second colour, a shading
+gradient, and the whole image gets blur and noise. The base colour of a region is
+`(1 - class_colour) * u + class_colour * c`: u uniform per region, c the class's colour in CLASSES.
+
+The default, class_colour 0.8 (what `make demo` uses), is easy demo data: colour is a strong
+class cue, but not a label. The base colours of the classes no longer overlap, yet pixel colours
+do, through the textures' second colour, shading and noise: a per-pixel colour-only classifier
+(a Gaussian per class, fitted on train) scores 58% held-out mIoU, and the demo's segmenter (U-Net,
+100 steps x 32 images, about a CPU minute) 64-66%; what is left is shape, edges and occlusion.
+class_colour 0 is the original, hard data (byte-identical to before the option existed): colour
+independent of the class, so only shape tells it (colour-only 10% mIoU, a segmenter 22% after
+240 steps x 32).
 Sample i depends only on (seed, i), so any subset can be regenerated independently.
 """
 
@@ -37,6 +46,9 @@ class ShapesOptions:
     min_shapes: int = 3
     max_shapes: int = 8
     noise: float = 0.06  # std of the per-pixel Gaussian noise, in [0, 1] intensity units
+    # Weight of the class's own colour (CLASSES) in each region's random base colour: 0 = colour
+    # independent of the class (the original, hard data); 0 < w < 1 = a class-dependent bias.
+    class_colour: float = 0.8
 
     def __post_init__(self) -> None:
         from pipeline.errors import ConfigError
@@ -45,6 +57,8 @@ class ShapesOptions:
             raise ConfigError("prepare.options.n_train must be >= 1 and n_val >= 0")
         if not 1 <= self.min_shapes <= self.max_shapes:
             raise ConfigError("prepare.options: need 1 <= min_shapes <= max_shapes")
+        if not 0.0 <= self.class_colour < 1.0:
+            raise ConfigError("prepare.options.class_colour must be in [0, 1)")
 
 
 def _rotated(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, theta: float):
@@ -79,9 +93,14 @@ def _region(cls: int, yy, xx, cy, cx, r, theta, rng) -> np.ndarray:
     raise ValueError(cls)
 
 
-def _texture(h: int, w: int, yy, xx, rng) -> np.ndarray:
-    """Float [H, W, 3] in 0..1: a random colour with a random texture and a shading ramp."""
+def _texture(h: int, w: int, yy, xx, rng, cls: int, bias: float) -> np.ndarray:
+    """Float [H, W, 3] in 0..1: a random colour with a random texture and a shading ramp.
+
+    The base colour is uniform, pulled towards class `cls`'s colour by weight `bias`.
+    """
     base = rng.uniform(0.1, 0.9, size=3)
+    if bias:
+        base = (1 - bias) * base + bias * np.asarray(CLASSES[cls][1]) / 255
     alt = np.clip(base + rng.normal(0, 0.25, size=3), 0, 1)
     kind = rng.integers(4)
     theta = rng.uniform(0, np.pi)
@@ -124,7 +143,7 @@ def render(
     h, w = size
     rng = np.random.default_rng([seed, index])
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
-    image = _texture(h, w, yy, xx, rng)
+    image = _texture(h, w, yy, xx, rng, 0, options.class_colour)
     mask = np.zeros((h, w), dtype=np.uint8)
     scale = min(h, w)
     for _ in range(rng.integers(options.min_shapes, options.max_shapes + 1)):
@@ -133,7 +152,7 @@ def render(
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         region = _region(cls, yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi), rng)
         mask[region] = cls
-        image[region] = _texture(h, w, yy, xx, rng)[region]
+        image[region] = _texture(h, w, yy, xx, rng, cls, options.class_colour)[region]
     image = _blur(image) + rng.normal(0, options.noise, size=image.shape)
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), mask
 
