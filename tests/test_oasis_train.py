@@ -54,6 +54,9 @@ def test_tiny_training_run_resume_and_outputs(tiny_shapes: Path, tmp_path: Path)
     # metrics: FID on the held-out split, finite
     written = json.loads((tmp_path / "m.json").read_text())
     assert written == metrics and np.isfinite(metrics["fid"]) and metrics["fid"] > 0
+    # KID and the raw generator's scores too; the EMA and G are different networks here
+    assert {"kid", "kid_std", "fid_raw", "kid_raw"} <= set(metrics)
+    assert np.isfinite(metrics["kid"]) and metrics["fid_raw"] != metrics["fid"]
     assert metrics["images_seen"] == 40
     # grid: 2 rows x (label | real | 2 seeds) of 32x32 tiles with a 1-pixel border
     assert Image.open(out / "grid.png").size == (4 * 34, 2 * 34)
