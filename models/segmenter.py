@@ -8,7 +8,7 @@ weights arrive as a state dict (`pipeline/pretrained.py` reads the file); this m
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import segmentation_models_pytorch as smp
@@ -89,6 +89,7 @@ class Segmenter(nn.Module):
         encoder: str,
         num_classes: int,
         encoder_state: dict[str, torch.Tensor] | None = None,
+        decoder_channels: Sequence[int] | None = None,
     ):
         super().__init__()
         spec: EncoderSpec = _lookup(ENCODERS, encoder, "encoder", "train_segmenter.encoder")
@@ -96,7 +97,11 @@ class Segmenter(nn.Module):
         self.arch, self.encoder_name, self.num_classes = arch, encoder, num_classes
         with warnings.catch_warnings():  # smp deprecates `timm-` names; ours is pinned
             warnings.filterwarnings("ignore", "`timm-` encoders are deprecated")
-            self.net = make(encoder_name=spec.smp_name, encoder_weights=None, classes=num_classes)
+            # decoder_channels (unet only; None/empty = smp's default widths)
+            extra = {"decoder_channels": tuple(decoder_channels)} if decoder_channels else {}
+            self.net = make(
+                encoder_name=spec.smp_name, encoder_weights=None, classes=num_classes, **extra
+            )
         if encoder_state is not None:
             load_encoder_state(self.net.encoder, encoder_state)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
@@ -119,9 +124,11 @@ def build_segmenter(
     encoder: str,
     num_classes: int,
     encoder_state: dict[str, torch.Tensor] | None = None,
+    decoder_channels: Sequence[int] | None = None,
 ) -> Segmenter:
-    """Factory: `arch` in ARCHS, `encoder` in ENCODERS; optional pretrained encoder state."""
-    return Segmenter(arch, encoder, num_classes, encoder_state)
+    """Factory: `arch` in ARCHS, `encoder` in ENCODERS; optional pretrained encoder state and
+    unet decoder widths (None = smp's default)."""
+    return Segmenter(arch, encoder, num_classes, encoder_state, decoder_channels)
 
 
 # ---- losses --------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> torc
     """A trained segmenter from its `model.pt` (weights only), in eval mode."""
     ckpt = load_checkpoint(path)
     meta = ckpt["config"]
-    model = build_segmenter(meta["arch"], meta["encoder"], meta["num_classes"])
+    # checkpoints from before decoder_channels existed used smp's default decoder
+    decoder = meta.get("decoder_channels")
+    model = build_segmenter(meta["arch"], meta["encoder"], meta["num_classes"], None, decoder)
     model.load_state_dict(ckpt["model"])
     model.meta = meta  # class names, ignore index, mode, seed, fraction
     return model.to(device).eval()

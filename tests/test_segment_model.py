@@ -13,9 +13,11 @@ from models.segmenter import (
     segmentation_loss,
 )
 from pipeline.augment import AugmentConfig, augment, colour_jitter, geometric
+from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import ConfigError
-from pipeline.predict import predict
+from pipeline.predict import load_segmenter, predict
 from pipeline.pretrained import encoder_state_dict
+from pipeline.train_segmenter import TrainSegmenterConfig
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +142,27 @@ def test_augment_config_validates():
         AugmentConfig(scale=(2.0, 1.0))
     with pytest.raises(ConfigError, match="augment.brightness"):
         AugmentConfig(brightness=1.5)
+
+
+def test_decoder_channels_set_the_unet_decoder_and_survive_a_reload(tmp_path):
+    light = build_segmenter("unet", "efficientnet-lite0", 4, None, [64, 48, 32, 16, 8])
+    default = build_segmenter("unet", "efficientnet-lite0", 4)
+    assert light.net.segmentation_head[0].in_channels == 8
+    assert default.net.segmentation_head[0].in_channels == 16  # smp's [256, ..., 16]
+    assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in default.parameters())
+    meta = {"arch": "unet", "encoder": "efficientnet-lite0", "num_classes": 4}
+    for model, widths in [(light, [64, 48, 32, 16, 8]), (default, None)]:
+        # a checkpoint without the key (written before it existed) is smp's default decoder
+        cfg = {**meta, "decoder_channels": widths} if widths else meta
+        save_checkpoint(tmp_path / "model.pt", {"config": cfg, "model": model.state_dict()})
+        loaded = load_segmenter(tmp_path / "model.pt")
+        for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_decoder_channels_are_checked():
+    TrainSegmenterConfig(arch="deeplabv3plus", decoder_channels=[])
+    with pytest.raises(ConfigError, match=r"decoder_channels .*\[\] for the arch's default"):
+        TrainSegmenterConfig(arch="fpn")
+    with pytest.raises(ConfigError, match="five widths"):
+        TrainSegmenterConfig(decoder_channels=[32, 16])
