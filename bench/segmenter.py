@@ -1,4 +1,5 @@
-"""Benchmark the downstream segmenter: training and evaluation images/s, fp32 vs bf16.
+"""Benchmark the downstream segmenter: training and evaluation images/s, fp32 vs bf16, the
+product's unet decoder (`train_segmenter.decoder_channels`) vs smp's default one.
 
     python -m bench.segmenter [--quick] [--arch unet] [--encoder efficientnet-lite0]
 
@@ -20,17 +21,25 @@ import torch
 from bench.common import OtherLoad, print_table, save
 from models.segmenter import build_segmenter, segmentation_loss
 from pipeline.augment import AugmentConfig, augment
-from pipeline.device import autocast, bf16_supported, pick_device, use_channels_last
+from pipeline.device import autocast, bf16_supported, pick_device
 from pipeline.predict import predict
+from pipeline.train_segmenter import TrainSegmenterConfig, segmenter_channels_last
 
 
 def bench_case(
-    arch: str, encoder: str, size: tuple[int, int], batch: int, bf16: bool, steps: int, device
+    arch: str,
+    encoder: str,
+    decoder: list[int],
+    size: tuple[int, int],
+    batch: int,
+    bf16: bool,
+    steps: int,
+    device: torch.device,
 ) -> dict:
     other = OtherLoad()  # other processes' CPU share while this case runs, saved with its row
     torch.manual_seed(0)
-    model = build_segmenter(arch, encoder, 12).to(device)
-    cl = use_channels_last(device, bf16)
+    model = build_segmenter(arch, encoder, 12, None, decoder).to(device)
+    cl = segmenter_channels_last(device, bf16)  # as train_segmenter does
     if cl:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -67,6 +76,7 @@ def bench_case(
     predict(model, images, batch_size=batch, bf16=bf16)
     evaluate = len(images) / (time.perf_counter() - t)
     return {
+        "decoder": str(decoder or "smp default"),
         "size": f"{size[0]}x{size[1]}",
         "batch": batch,
         "precision": "bf16" if bf16 and bf16_supported(device) else "fp32",
@@ -89,10 +99,14 @@ def main() -> None:
     cases = [((64, 64), 32)] if args.quick else [((64, 64), 32), ((96, 128), 16)]
     steps = 3 if args.quick else 30  # 10 steps varied by 20% run to run
     rows = []
+    # the product's decoder (train_segmenter.decoder_channels) and smp's wider default
+    decoders = [TrainSegmenterConfig().decoder_channels] if args.arch == "unet" else []
     for size, batch in cases:
-        for bf16 in (False, True):
-            rows.append(bench_case(args.arch, args.encoder, size, batch, bf16, steps, device))
-            print(f"  {rows[-1]}", flush=True)
+        for decoder in [*decoders, []]:
+            for bf16 in (False, True):
+                row = bench_case(args.arch, args.encoder, decoder, size, batch, bf16, steps, device)
+                rows.append(row)
+                print(f"  {row}", flush=True)
     print_table(rows)
     fp32, bf = rows[0], rows[1]
     save(

@@ -268,7 +268,7 @@ def build_discriminator(
         n_classes,
         PRETRAINED_ENCODER,
         cfg.d_decoder_channels,
-        encoder_state_dict(PRETRAINED_ENCODER, "imagenet"),
+        encoder_state_dict(PRETRAINED_ENCODER, "imagenet", "set train_images.discriminator=oasis"),
         trainable_encoder=cfg.d_encoder == "finetune",
         spectral_norm=cfg.d_spectral_norm,
     )

