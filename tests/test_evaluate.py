@@ -196,3 +196,50 @@ def test_run_statistics_average_the_trust_filter_over_seeds():
             "trust_ignored_share": 0.2,
         }
     )
+
+
+def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkeypatch):
+    """bench.downstream reads evaluate's own keys: a row per identity, one default at most."""
+    import bench.common
+    from bench import downstream
+
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
+    monkeypatch.setattr(downstream, "RESULTS", tmp_path)
+    metrics, params = tmp_path / "segmentation.json", tmp_path / "params.yaml"
+    metrics.write_text(json.dumps(evaluated))
+    seg = {"synth_policy": "replace", "real_fraction": 0.5}
+    params.write_text(json.dumps({"prepare": {"train_fraction": 0.5}, "train_segmenter": seg}))
+    args = [
+        "--metrics",
+        str(metrics),
+        "--params",
+        str(params),
+        "--name",
+        "d",
+        "--rare",
+        "ring,disc",
+    ]
+    downstream.main([*args, "--default"])
+    (row,) = json.loads((tmp_path / "d.json").read_text())["rows"]
+    assert (row["share"], row["policy"], row["filter"], row["mask_source"]) == (
+        0.25, "replace", False, "semgan",
+    )  # fmt: skip
+    m = evaluated
+    assert (row["seeds"], row["gain"], row["ci_low"]) == (
+        2,
+        m["miou_gain"],
+        m["miou_gain_ci95_low"],
+    )
+    assert row["real_images_seen"] == m["real_images_seen_real_synth"] and row["default"]
+    rare = [m[f"iou_real_synth_{c}"] - m[f"iou_real_{c}"] for c in ("ring", "disc")]
+    assert row["rare_gain"] == pytest.approx(np.mean(rare))
+    params.write_text(json.dumps({"train_segmenter": {**seg, "synth_policy": "add"}}))
+    downstream.main([*args, "--default"])
+    downstream.main(args)  # the same identity again: replaced, and no longer the default
+    rows = json.loads((tmp_path / "d.json").read_text())["rows"]
+    assert [(r["policy"], r["share"], r["default"]) for r in rows] == [
+        ("replace", 0.25, False), ("add", 0.5, False),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="no miou_gain"):
+        metrics.write_text(json.dumps({"miou_real": 0.5, "n_seeds": 1}))
+        downstream.main(args)

@@ -1,0 +1,104 @@
+"""The downstream table (issue #18): one row per (label share, policy, trust filter, mask source)
+from an evaluated chain, kept in bench/results/NAME.json.
+
+    dvc exp run -S prepare.train_fraction=0.25 -S train_segmenter.synth_policy=add ...
+    python -m bench.downstream --metrics metrics/segmentation.json --params params.yaml \\
+        --name downstream_camvid96 [--default]
+
+A row's identity comes from the params that produced the metrics: the share of the real labels
+(`prepare.train_fraction` x `train_segmenter.real_fraction`), `train_segmenter.synth_policy`,
+`trust_filter` and `generate.mask_source`. Recording the same identity again replaces its row;
+`--default` marks the row as the shipped default (and unmarks the others). The rare-class gain is
+the mean IoU change over `--rare` classes (CamVid's five rarest by default) that the metrics have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import RESULTS, save
+
+RARE = ("pole", "sign", "fence", "pedestrian", "bicyclist")
+IDENTITY = ("share", "policy", "filter", "mask_source")
+
+
+def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str, ...]) -> dict:
+    """The table row of one evaluated chain; a clear error when the chain lacks a key."""
+    if "miou_gain" not in metrics:
+        raise SystemExit("the metrics have no miou_gain: evaluate after the real_synth runs")
+    seg, gen = params.get("train_segmenter", {}), params.get("generate", {})
+    share = params.get("prepare", {}).get("train_fraction", 1.0) * seg.get("real_fraction", 1.0)
+    gains = {
+        c: metrics[f"iou_real_synth_{c}"] - metrics[f"iou_real_{c}"]
+        for c in rare
+        if f"iou_real_{c}" in metrics and f"iou_real_synth_{c}" in metrics
+    }
+    return {
+        "share": round(share, 4),
+        "policy": seg.get("synth_policy", "replace"),
+        "filter": bool(seg.get("trust_filter", False)),
+        "mask_source": gen.get("mask_source", "semgan"),
+        "seeds": int(metrics["n_seeds"]),
+        "miou_real": metrics["miou_real"],
+        "miou_real_synth": metrics["miou_real_synth"],
+        "gain": metrics["miou_gain"],
+        "ci_low": metrics.get("miou_gain_ci95_low"),  # absent with one seed
+        "ci_high": metrics.get("miou_gain_ci95_high"),
+        "real_images_seen": metrics.get("real_images_seen_real_synth"),
+        "synth_images_seen": metrics.get("synth_images_seen_real_synth"),
+        "rare_gain": sum(gains.values()) / len(gains) if gains else None,
+        "rare_class_gains": gains,
+        "steps": seg.get("steps"),
+        "trust_tolerance": seg.get("trust_tolerance") if seg.get("trust_filter") else None,
+        "synth_miou_ratio": metrics.get("synth_miou_ratio"),
+        "default": False,
+    }
+
+
+def merge(rows: list[dict], row: dict, default: bool) -> list[dict]:
+    """`rows` with `row` in place of any row of the same identity; one default at most."""
+    key = tuple(row[k] for k in IDENTITY)
+    out = [r for r in rows if tuple(r[k] for k in IDENTITY) != key]
+    if default:
+        out = [{**r, "default": False} for r in out]
+    out.append({**row, "default": default})
+    return sorted(out, key=lambda r: (r["share"], *(str(r[k]) for k in IDENTITY[1:])))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--metrics", default="metrics/segmentation.json", help="evaluate's output")
+    p.add_argument("--params", default="params.yaml", help="the params that produced it")
+    p.add_argument("--name", default="downstream", help="bench/results/NAME.json")
+    p.add_argument("--default", action="store_true", help="this row is the shipped default")
+    p.add_argument("--rare", default=",".join(RARE), help="classes of the rare-class gain")
+    a = p.parse_args(argv)
+    for f in (a.metrics, a.params):
+        if not Path(f).is_file():
+            raise SystemExit(f"{f} does not exist: run the chain (dvc repro / dvc exp run) first")
+    metrics = json.loads(Path(a.metrics).read_text())
+    params = yaml.safe_load(Path(a.params).read_text()) or {}
+    row = row_from(metrics, params, tuple(filter(None, a.rare.split(","))))
+    path = RESULTS / f"{a.name}.json"
+    rows = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+    rows = merge(rows, row, a.default)
+    save(a.name, {"rows": rows})
+    lo, hi = row["ci_low"], row["ci_high"]
+    ci = f", 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else " (one seed)"
+    print(
+        f"summary: share {row['share']:g}, {row['policy']}, filter {row['filter']}, masks "
+        f"{row['mask_source']}: real {100 * row['miou_real']:.2f}, real+synth "
+        f"{100 * row['miou_real_synth']:.2f}, gain {100 * row['gain']:+.2f}{ci} over "
+        f"{row['seeds']} seeds ({len(rows)} rows in {path.name})"
+    )
+
+
+if __name__ == "__main__":
+    main()
