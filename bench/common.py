@@ -58,6 +58,12 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def previous_rows(name: str) -> list[dict[str, Any]]:
+    """The rows of bench/results/NAME.json, or none: what `--append` merges into."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+
+
 def run_child(code: str) -> dict[str, Any]:
     """Run Python `code` in a fresh interpreter; it must print one JSON line last."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import RESULTS, save
+from bench.common import previous_rows, save
 
 RARE = ("pole", "sign", "fence", "pedestrian", "bicyclist")
 IDENTITY = ("share", "policy", "filter", "mask_source")
@@ -86,10 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = json.loads(Path(a.metrics).read_text())
     params = yaml.safe_load(Path(a.params).read_text()) or {}
     row = row_from(metrics, params, tuple(filter(None, a.rare.split(","))))
-    path = RESULTS / f"{a.name}.json"
-    rows = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
-    rows = merge(rows, row, a.default)
-    save(a.name, {"rows": rows})
+    rows = merge(previous_rows(a.name), row, a.default)
+    path = save(a.name, {"rows": rows})
     lo, hi = row["ci_low"], row["ci_high"]
     ci = f", 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else " (one seed)"
     print(

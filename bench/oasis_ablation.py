@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -50,7 +49,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from bench.common import RESULTS, OtherLoad, print_table, save
+from bench.common import OtherLoad, previous_rows, print_table, save
 from models.oasis import OASISGenerator
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import build, load_params, section, to_dict
@@ -341,11 +340,6 @@ def run_variant(
 
 # -----------------------------------------------------------------------------------------------
 # results and summary
-
-
-def previous_rows(name: str) -> list[dict[str, Any]]:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()).get("rows", []) if path.is_file() else []
 
 
 def merge(rows: list[dict[str, Any]], row: dict[str, Any]) -> list[dict[str, Any]]:

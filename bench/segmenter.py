@@ -21,9 +21,9 @@ import torch
 from bench.common import OtherLoad, print_table, save
 from models.segmenter import build_segmenter, segmentation_loss
 from pipeline.augment import AugmentConfig, augment
-from pipeline.device import autocast, bf16_supported, pick_device
+from pipeline.device import autocast, bf16_supported, channels_last_or_cpu, pick_device
 from pipeline.predict import predict
-from pipeline.train_segmenter import TrainSegmenterConfig, segmenter_channels_last
+from pipeline.train_segmenter import TrainSegmenterConfig
 
 
 def bench_case(
@@ -39,7 +39,7 @@ def bench_case(
     other = OtherLoad()  # other processes' CPU share while this case runs, saved with its row
     torch.manual_seed(0)
     model = build_segmenter(arch, encoder, 12, None, decoder).to(device)
-    cl = segmenter_channels_last(device, bf16)  # as train_segmenter does
+    cl = channels_last_or_cpu(device, bf16)  # as train_segmenter does
     if cl:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, OtherLoad, print_table, save
+from bench.common import OtherLoad, previous_rows, print_table, save
 
 KEEP = ("miou", "pixel_acc", "n_real_train", "real_images_seen", "train_images_per_s", "seconds")
 
@@ -89,10 +89,7 @@ def main() -> None:
     p.add_argument("--append", action="store_true", help="merge rows into an existing NAME.json")
     args = p.parse_args()
 
-    path = RESULTS / f"{args.name}.json"
-    rows: list[dict[str, Any]] = []
-    if args.append and path.is_file():
-        rows = json.loads(path.read_text()).get("rows", [])
+    rows = previous_rows(args.name) if args.append else []
     for share, steps in parse_runs(args.runs):
         other = OtherLoad()
         with tempfile.TemporaryDirectory(prefix="segbudget-") as work:

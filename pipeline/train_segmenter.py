@@ -49,7 +49,7 @@ from pipeline.augment import augment
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.classes import ClassTable
 from pipeline.config import ConfigError, section, to_dict
-from pipeline.device import autocast, use_channels_last
+from pipeline.device import autocast, channels_last_or_cpu
 from pipeline.io_utils import open_live, write_metrics
 from pipeline.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from pipeline.predict import MODES, predict, run_name
@@ -388,15 +388,10 @@ def build_model(
     weights = encoder_state_dict(cfg.encoder, cfg.encoder_weights)
     model = build_segmenter(cfg.arch, cfg.encoder, num_classes, weights, cfg.decoder_channels)
     model = distributed.sync_batch_norm(model.to(device))
-    channels_last = segmenter_channels_last(device, cfg.bf16)
+    channels_last = channels_last_or_cpu(device, cfg.bf16)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, new_optimizer(model, cfg), channels_last
-
-
-def segmenter_channels_last(device: torch.device, bf16: bool) -> bool:
-    """channels-last where bf16 is fast, and in fp32 on CPU too (~10% more images/s there)."""
-    return use_channels_last(device, bf16) or device.type == "cpu"
 
 
 RESULT_KEYS = ("train_config", "images_seen", "trust")  # not part of a run's identity

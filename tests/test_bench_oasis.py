@@ -51,7 +51,6 @@ def test_images_for_minutes() -> None:
 
 def test_rows_merge_and_are_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
-    monkeypatch.setattr(ab, "RESULTS", tmp_path)
     rows = ab.merge([], {"variant": "a", "fid": 3.0})
     rows = ab.merge(rows, {"variant": "b", "fid": 2.0})
     rows = ab.merge(rows, {"variant": "a", "fid": 1.0})  # replaced in place

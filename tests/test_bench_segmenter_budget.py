@@ -35,7 +35,6 @@ def test_doubling_pairs_each_budget_with_twice_it():
 
 def test_bench_trains_each_row_and_merges_reruns(tiny_shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(sb, "RESULTS", tmp_path / "results")
     monkeypatch.chdir(tmp_path)
     params = {"train_segmenter": {"encoder_weights": None, "batch_size": 4, "bf16": False,
                                   "device": "cpu", "augment": {"scale": [1.0, 1.0]}}}  # fmt: skip

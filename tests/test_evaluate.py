@@ -204,7 +204,6 @@ def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkey
     from bench import downstream
 
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
-    monkeypatch.setattr(downstream, "RESULTS", tmp_path)
     metrics, params = tmp_path / "segmentation.json", tmp_path / "params.yaml"
     metrics.write_text(json.dumps(evaluated))
     seg = {"synth_policy": "replace", "real_fraction": 0.5}

@@ -247,7 +247,7 @@ def test_replace_is_bit_identical_to_the_code_before_synth_policy(
     except ImportError as e:
         pytest.skip(f"the old module no longer imports: {e}")
     # the old code ran fp32 on CPU contiguous; channels-last sums the convolutions in another order
-    monkeypatch.setattr(ts, "segmenter_channels_last", lambda device, bf16: False)
+    monkeypatch.setattr(ts, "channels_last_or_cpu", lambda device, bf16: False)
     for mode in ("real", "real_synth"):
         states = []
         for mod in (before, ts):
