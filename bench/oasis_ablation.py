@@ -80,12 +80,7 @@ PRECISION = {
 # that share of the variant's total images once the budget is known (with the ramp-up kept, the
 # half-life is then 10% of the images seen all along, never capped at 2000).
 _OASIS = {"discriminator": "oasis", "diffaug": False, "g_upsample": "nearest"}
-_PRE = {
-    "discriminator": "pretrained",
-    "d_encoder": "frozen",
-    "diffaug": False,
-    "g_upsample": "nearest",
-}
+_PRE = {**_OASIS, "discriminator": "pretrained", "d_encoder": "frozen"}
 D17 = {
     "oasis D": _OASIS,
     "oasis D + diffaug": {**_OASIS, "diffaug": True},
