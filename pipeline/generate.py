@@ -4,7 +4,8 @@ The shard is the unit of work. Shard s holds the kept masks s*M .. (s+1)*M-1 (M 
 masks_per_shard) and draws its candidates from its own fixed range of sampler indices, so any
 worker can produce shard s alone and always gets the same bytes. A candidate is rejected, with
 its reasons counted, when its spurious-pixel rate is too high, it has too few classes, its class
-histogram is too far from the real one, or (class targeting) it lacks a chosen class. Each kept
+histogram is too far from the real one, (class targeting) it lacks a chosen class, or (balance)
+it loses the draw of a rejection sampler tilted toward the real class frequencies. Each kept
 mask i gets k images, keyed `{i:08d}_{j}`, whose JSON records the checkpoint hashes, seed, indices
 and the filters passed. Inference runs in the calling thread while a thread pool encodes PNGs.
 
@@ -51,9 +52,12 @@ from pipeline.device import pick_device
 from pipeline.errors import SemsynthError
 from pipeline.generate_filters import (
     REASONS,
+    BalanceConfig,
     FilterConfig,
     TargetConfig,
+    Tilt,
     active_filters,
+    class_shares,
     judge,
     real_class_frequency,
     real_class_presence,
@@ -107,6 +111,13 @@ class GenerateConfig:
         default_factory=TargetConfig,
         metadata={"help": "SemGAN masks only: class targeting (classes, min_fraction, reject)"},
     )
+    balance: BalanceConfig = field(
+        default_factory=BalanceConfig,
+        metadata={
+            "help": "SemGAN masks only: rejection sampling toward the real class frequencies "
+            "(strength, accept_rate, pilot)"
+        },
+    )
     candidates_per_mask: float = field(
         default=8.0, metadata={"help": "each shard may draw this many candidates per mask"}
     )
@@ -133,6 +144,11 @@ class GenerateConfig:
             raise ConfigError(
                 "generate.target.classes favours SemGAN samples; with mask_source real every "
                 "real mask is re-rendered: set generate.target.classes=[]"
+            )
+        if self.mask_source == "real" and self.balance.strength > 0:
+            raise ConfigError(
+                "generate.balance reweights SemGAN samples; with mask_source real every real "
+                "mask is re-rendered: set generate.balance.strength=0"
             )
 
 
@@ -223,6 +239,8 @@ def fingerprint(cfg: GenerateConfig, index: int, hashes: dict[str, str], device:
     content = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "out", "metrics")}
     if cfg.mask_source == "semgan":  # keys added with mask_source: SemGAN shards stay current
         del content["mask_source"], content["real_masks"]
+    if cfg.balance.strength == 0:  # added with balance: shards made without it stay current
+        del content["balance"]
     blob = json.dumps([content, index, hashes, str(device.type)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -327,6 +345,7 @@ def _kept_batches(
     real_freq: np.ndarray,
     target_ids: list[int],
     stats: dict[str, Any],
+    tilt: Tilt | None = None,
 ) -> Iterator[list[Kept]]:
     """Yield lists of up to image_batch_size kept masks with their candidate and filter values.
 
@@ -341,7 +360,7 @@ def _kept_batches(
             raise SemsynthError(
                 f"shard {shard_index}: only {i - lo} of {hi - lo} masks passed the filters in "
                 f"{c_hi - c_lo} candidates (rejected: {stats['reasons']}); relax generate.filters / "
-                "generate.target or raise generate.candidates_per_mask"
+                "generate.target, raise generate.balance.accept_rate or generate.candidates_per_mask"
             )
         n = min(cfg.mask_batch_size, c_hi - cand)
         t = time.perf_counter()
@@ -349,6 +368,10 @@ def _kept_batches(
         stats["mask_seconds"] += time.perf_counter() - t
         u = target_uniforms(cfg.seed, cand, n)
         reasons, feats = judge(masks, cfg.filters, cfg.target, real_freq, target_ids, u)
+        if tilt is not None:
+            p_keep = tilt.accept(feats["shares"])
+            out = target_uniforms(cfg.seed, cand, n, stream=11) >= p_keep
+            reasons = [r + ["balance"] * bool(o) for r, o in zip(reasons, out, strict=True)]
         for b in range(n):
             if i >= hi:
                 break  # the shard is full: later candidates stay unused
@@ -365,6 +388,8 @@ def _kept_batches(
             }
             if target_ids:
                 values["target_fraction"] = round(float(feats["target_fraction"][b]), 6)
+            if tilt is not None:
+                values["balance_accept"] = round(float(p_keep[b]), 6)
             kept.append(Kept(i, masks[b], {"candidate": cand + b}, {"filters": values}))
             i += 1
             if len(kept) == cfg.image_batch_size:
@@ -487,10 +512,42 @@ def _mask_source(
     mask_g = _model("mask", cfg.mask_checkpoint, hashes["mask"], device)
     provenance = {
         "mask_checkpoint": {"path": cfg.mask_checkpoint, "sha256": hashes["mask"]},
-        "filters_passed": active_filters(cfg.filters, cfg.target),
+        "filters_passed": active_filters(cfg.filters, cfg.target, cfg.balance),
     }
-    batches = _kept_batches(cfg, shard_index, mask_g, real_freq, target_ids, stats)
+    tilt = None
+    if cfg.balance.strength > 0:
+        tilt, stats["balance"] = _balance_tilt(cfg, mask_g, real_freq, target_ids, hashes["mask"])
+    batches = _kept_batches(cfg, shard_index, mask_g, real_freq, target_ids, stats, tilt)
     return batches, (mask_g.height, mask_g.width), mask_g, provenance
+
+
+# a pilot per (checkpoint, seed, data, settings): the shards of one run share one fit
+_TILTS: dict[str, tuple[Tilt, dict[str, float]]] = {}
+PILOT_START = 10**12  # pilot sample indices: far beyond any shard's candidate range
+
+
+def _balance_tilt(
+    cfg: GenerateConfig, mask_g: Any, real_freq: np.ndarray, target_ids: list[int], sha: str
+) -> tuple[Tilt, dict[str, float]]:
+    """The tilt toward the real class frequencies, fitted on pilot masks that pass the other
+    filters (sample indices PILOT_START.., so the pilot never reuses a candidate)."""
+    key = json.dumps([sha, cfg.seed, cfg.data, to_dict(cfg.balance), to_dict(cfg.filters),
+                      to_dict(cfg.target)], sort_keys=True)  # fmt: skip
+    with _LOCK:
+        if key not in _TILTS:
+            n = cfg.balance.pilot
+            masks = sample_masks(mask_g, n, cfg.seed, cfg.mask_batch_size, start=PILOT_START)
+            u = target_uniforms(cfg.seed, PILOT_START, n)
+            reasons, _ = judge(masks, cfg.filters, cfg.target, real_freq, target_ids, u)
+            shares = class_shares(masks, len(real_freq))[[not r for r in reasons]]
+            if len(shares) < 16:
+                raise SemsynthError(
+                    f"generate.balance: only {len(shares)} of {n} pilot masks pass the other "
+                    "filters; relax generate.filters / generate.target or raise balance.pilot"
+                )
+            tilt = Tilt.fit(shares, real_freq, cfg.balance)
+            _TILTS[key] = tilt, tilt.summary(shares, real_freq)
+        return _TILTS[key]
 
 
 def synthesize_images(
@@ -566,6 +623,8 @@ def finalize(
         "seconds": round(work if seconds is None else seconds, 3),
         "class_freq_distance": round(float(0.5 * np.abs(synth_freq - real_freq).sum()), 4),
     }
+    if "balance" in results[0]:  # the pilot's fit, the same for every shard
+        metrics.update({f"balance_{k}": v for k, v in results[0]["balance"].items()})
     for n, s, r in zip(names, synth_freq, real_freq, strict=True):
         metrics[f"freq_synth_{n}"], metrics[f"freq_real_{n}"] = (
             round(float(s), 5),
