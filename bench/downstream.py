@@ -7,7 +7,8 @@ from an evaluated chain, kept in bench/results/NAME.json.
 
 A row's identity comes from the params that produced the metrics: the share of the real labels
 (`prepare.train_fraction` x `train_segmenter.real_fraction`), `train_segmenter.synth_policy`,
-`trust_filter` and `generate.mask_source`. Recording the same identity again replaces its row;
+`trust_filter`, `generate.mask_source`, `generate.balance.strength` and the dataset's root
+(`prepare.options.root`: val and a sequence-disjoint split are different rows). Recording the same identity again replaces its row;
 `--default` marks the row as the shipped default (and unmarks the others). The rare-class gain is
 the mean IoU change over `--rare` classes (CamVid's five rarest by default) that the metrics have.
 """
@@ -24,7 +25,7 @@ import yaml
 from bench.common import previous_rows, save
 
 RARE = ("pole", "sign", "fence", "pedestrian", "bicyclist")
-IDENTITY = ("share", "policy", "filter", "mask_source")
+IDENTITY = ("share", "policy", "filter", "mask_source", "balance", "data_root")
 
 
 def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str, ...]) -> dict:
@@ -32,7 +33,8 @@ def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str,
     if "miou_gain" not in metrics:
         raise SystemExit("the metrics have no miou_gain: evaluate after the real_synth runs")
     seg, gen = params.get("train_segmenter", {}), params.get("generate", {})
-    share = params.get("prepare", {}).get("train_fraction", 1.0) * seg.get("real_fraction", 1.0)
+    prep = params.get("prepare", {})
+    share = prep.get("train_fraction", 1.0) * seg.get("real_fraction", 1.0)
     gains = {
         c: metrics[f"iou_real_synth_{c}"] - metrics[f"iou_real_{c}"]
         for c in rare
@@ -43,6 +45,8 @@ def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str,
         "policy": seg.get("synth_policy", "replace"),
         "filter": bool(seg.get("trust_filter", False)),
         "mask_source": gen.get("mask_source", "semgan"),
+        "balance": gen.get("balance", {}).get("strength", 0.0),
+        "data_root": prep.get("options", {}).get("root"),
         "seeds": int(metrics["n_seeds"]),
         "miou_real": metrics["miou_real"],
         "miou_real_synth": metrics["miou_real_synth"],
@@ -54,6 +58,10 @@ def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str,
         "rare_gain": sum(gains.values()) / len(gains) if gains else None,
         "rare_class_gains": gains,
         "steps": seg.get("steps"),
+        "gan_images": {  # the GANs' training budgets: rows with other budgets are not comparable
+            "masks": params.get("train_masks", {}).get("total_images"),
+            "images": params.get("train_images", {}).get("total_images"),
+        },
         "trust_tolerance": seg.get("trust_tolerance") if seg.get("trust_filter") else None,
         "synth_miou_ratio": metrics.get("synth_miou_ratio"),
         "default": False,
@@ -63,11 +71,11 @@ def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str,
 def merge(rows: list[dict], row: dict, default: bool) -> list[dict]:
     """`rows` with `row` in place of any row of the same identity; one default at most."""
     key = tuple(row[k] for k in IDENTITY)
-    out = [r for r in rows if tuple(r[k] for k in IDENTITY) != key]
+    out = [r for r in rows if tuple(r.get(k) for k in IDENTITY) != key]
     if default:
         out = [{**r, "default": False} for r in out]
     out.append({**row, "default": default})
-    return sorted(out, key=lambda r: (r["share"], *(str(r[k]) for k in IDENTITY[1:])))
+    return sorted(out, key=lambda r: (r["share"], *(str(r.get(k)) for k in IDENTITY[1:])))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ci = f", 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else " (one seed)"
     print(
         f"summary: share {row['share']:g}, {row['policy']}, filter {row['filter']}, masks "
-        f"{row['mask_source']}: real {100 * row['miou_real']:.2f}, real+synth "
+        f"{row['mask_source']}, balance {row['balance']:g}: real {100 * row['miou_real']:.2f}, real+synth "
         f"{100 * row['miou_real_synth']:.2f}, gain {100 * row['gain']:+.2f}{ci} over "
         f"{row['seeds']} seeds ({len(rows)} rows in {path.name})"
     )

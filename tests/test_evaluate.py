@@ -220,8 +220,8 @@ def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkey
     ]
     downstream.main([*args, "--default"])
     (row,) = json.loads((tmp_path / "d.json").read_text())["rows"]
-    assert (row["share"], row["policy"], row["filter"], row["mask_source"]) == (
-        0.25, "replace", False, "semgan",
+    assert (row["share"], row["policy"], row["filter"], row["mask_source"], row["balance"]) == (
+        0.25, "replace", False, "semgan", 0.0,
     )  # fmt: skip
     m = evaluated
     assert (row["seeds"], row["gain"], row["ci_low"]) == (
@@ -238,6 +238,13 @@ def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkey
     rows = json.loads((tmp_path / "d.json").read_text())["rows"]
     assert [(r["policy"], r["share"], r["default"]) for r in rows] == [
         ("replace", 0.25, False), ("add", 0.5, False),
+    ]  # fmt: skip
+    gen = {"generate": {"balance": {"strength": 0.5}}}
+    params.write_text(json.dumps({"train_segmenter": {**seg, "synth_policy": "add"}, **gen}))
+    downstream.main(args)  # a balanced chain is a row of its own
+    rows = json.loads((tmp_path / "d.json").read_text())["rows"]
+    assert [(r["policy"], r["balance"]) for r in rows] == [
+        ("replace", 0.0), ("add", 0.0), ("add", 0.5),
     ]  # fmt: skip
     with pytest.raises(SystemExit, match="no miou_gain"):
         metrics.write_text(json.dumps({"miou_real": 0.5, "n_seeds": 1}))
