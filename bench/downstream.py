@@ -58,6 +58,9 @@ def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str,
         "rare_gain": sum(gains.values()) / len(gains) if gains else None,
         "rare_class_gains": gains,
         "steps": seg.get("steps"),
+        "pretrain_steps": seg.get("pretrain_steps")
+        if seg.get("synth_policy") == "pretrain"
+        else None,
         "gan_images": {  # the GANs' training budgets: rows with other budgets are not comparable
             "masks": params.get("train_masks", {}).get("total_images"),
             "images": params.get("train_images", {}).get("total_images"),
