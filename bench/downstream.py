@@ -8,8 +8,9 @@ from an evaluated chain, kept in bench/results/NAME.json.
 A row's identity comes from the params that produced the metrics: the share of the real labels
 (`prepare.train_fraction` x `train_segmenter.real_fraction`), `train_segmenter.synth_policy`,
 `trust_filter`, `generate.mask_source`, `generate.balance.strength` and the dataset's root
-(`prepare.options.root`: val and a sequence-disjoint split are different rows). Recording the same identity again replaces its row;
-`--default` marks the row as the shipped default (and unmarks the others). The rare-class gain is
+(`prepare.options.root`: val and a sequence-disjoint split are different rows). Recording the
+same identity again replaces its row; `--default` marks the row as the shipped default (and
+unmarks the others). The rare-class gain is
 the mean IoU change over `--rare` classes (CamVid's five rarest by default) that the metrics have.
 """
 
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     ci = f", 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else " (one seed)"
     print(
         f"summary: share {row['share']:g}, {row['policy']}, filter {row['filter']}, masks "
-        f"{row['mask_source']}, balance {row['balance']:g}: real {100 * row['miou_real']:.2f}, real+synth "
+        f"{row['mask_source']}, balance {row['balance']:g}: real {100 * row['miou_real']:.2f}, "
+        f"real+synth "
         f"{100 * row['miou_real_synth']:.2f}, gain {100 * row['gain']:+.2f}{ci} over "
         f"{row['seeds']} seeds ({len(rows)} rows in {path.name})"
     )

@@ -57,7 +57,6 @@ from pipeline.generate_filters import (
     TargetConfig,
     Tilt,
     active_filters,
-    class_shares,
     judge,
     real_class_frequency,
     real_class_presence,
@@ -538,8 +537,8 @@ def _balance_tilt(
             n = cfg.balance.pilot
             masks = sample_masks(mask_g, n, cfg.seed, cfg.mask_batch_size, start=PILOT_START)
             u = target_uniforms(cfg.seed, PILOT_START, n)
-            reasons, _ = judge(masks, cfg.filters, cfg.target, real_freq, target_ids, u)
-            shares = class_shares(masks, len(real_freq))[[not r for r in reasons]]
+            reasons, feats = judge(masks, cfg.filters, cfg.target, real_freq, target_ids, u)
+            shares = feats["shares"][[not r for r in reasons]]
             if len(shares) < 16:
                 raise SemsynthError(
                     f"generate.balance: only {len(shares)} of {n} pilot masks pass the other "

@@ -145,12 +145,12 @@ def judge(
     rejected (probability `target.reject`); they come from `target_uniforms`, so deterministic.
     """
     counts = class_counts(masks, len(real_freq))
-    total = np.maximum(counts.sum(1, keepdims=True), 1)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     feats = {
         "spurious_rate": np.asarray(spurious_pixel_rate(masks, f.spurious_min_size), np.float64),
         "num_classes": (counts > 0).sum(1),
-        "shares": counts / total,
-        "hist_distance": 0.5 * np.abs(counts / total - real_freq).sum(1),
+        "shares": shares,
+        "hist_distance": 0.5 * np.abs(shares - real_freq).sum(1),
         "target_fraction": counts[:, target_ids].sum(1) / (masks[0].size if len(masks) else 1),
     }
     has_target = feats["target_fraction"] > target.min_fraction
@@ -182,12 +182,6 @@ def active_filters(
 
 
 # ---- balance: an exponential tilt toward the real class frequencies ----------------------------
-def class_shares(masks: np.ndarray, num_classes: int) -> np.ndarray:
-    """uint8 [N, H, W] → float [N, C]: each mask's pixel share per class (void not counted)."""
-    counts = class_counts(masks, num_classes)
-    return counts / np.maximum(counts.sum(1, keepdims=True), 1)
-
-
 def fit_tilt(shares: np.ndarray, target: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
     """λ [C] of the weights w_m ∝ exp(λ · shares_m) under which the masks' weighted mean class
     shares equal `target`: the reweighting closest to the sample in KL divergence that matches
