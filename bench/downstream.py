@@ -12,6 +12,12 @@ A row's identity comes from the params that produced the metrics: the share of t
 same identity again replaces its row; `--default` marks the row as the shipped default (and
 unmarks the others). The rare-class gain is
 the mean IoU change over `--rare` classes (CamVid's five rarest by default) that the metrics have.
+
+`--control NAME` adds the gain over real-only runs with as many optimisation steps as the real +
+synthetic run took (`steps` + `pretrain_steps` under `pretrain`), paired by seed, from the
+`bench.segmenter_budget` rows of bench/results/NAME.json with the row's share (run them with the
+chain's segmenter params). The issue's gain holds real exposure equal; a `pretrain` run also
+takes more steps, and this column tells the pairs' effect from the extra steps'.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 import yaml
 
 from bench.common import previous_rows, save
+from pipeline.metrics.segmentation import mean_std_ci95
 
 RARE = ("pole", "sign", "fence", "pedestrian", "bicyclist")
 IDENTITY = ("share", "policy", "filter", "mask_source", "balance", "data_root")
@@ -72,6 +79,39 @@ def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str,
     }
 
 
+def equal_steps_control(row: dict, seeds: list[int], runs: Path, budget: list[dict]) -> dict:
+    """The row's gain over real-only runs of equal optimisation steps, paired by seed: each
+    seed's real + synthetic mIoU (`runs`/real_synth-seedS.json) minus the budget row of the same
+    share, steps and seed, over the seeds that have both (`control_seeds` names them)."""
+    steps = (row["steps"] or 0) + (row["pretrain_steps"] or 0)
+    control = {
+        r["seed"]: r["miou"]
+        for r in budget
+        if abs(r["share"] - row["share"]) < 1e-6 and r["steps"] == steps
+    }
+    files = {s: runs / f"real_synth-seed{s}.json" for s in seeds}
+    paired = [s for s in seeds if s in control and files[s].is_file()]
+    if len(paired) < len(seeds):
+        print(
+            f"--control: seeds {[s for s in seeds if s not in paired]} have no real-only run at "
+            f"share {row['share']:g}, {steps} steps (`python -m bench.segmenter_budget --runs "
+            f"{row['share']:g}:{steps} --seed S --append`) or no metrics in {runs}"
+        )
+    if not paired:
+        raise SystemExit("--control: no seed has both runs; nothing to compare")
+    gains = [json.loads(files[s].read_text())["miou"] - control[s] for s in paired]
+    mean, _, lo, hi = mean_std_ci95(gains)
+    return {
+        "control_steps": steps,
+        "control_seeds": paired,
+        "miou_real_control": sum(control[s] for s in paired) / len(paired),
+        "miou_real_synth_control_seeds": mean + sum(control[s] for s in paired) / len(paired),
+        "gain_vs_control": mean,
+        "control_ci_low": lo if len(paired) > 1 else None,
+        "control_ci_high": hi if len(paired) > 1 else None,
+    }
+
+
 def merge(rows: list[dict], row: dict, default: bool) -> list[dict]:
     """`rows` with `row` in place of any row of the same identity; one default at most."""
     key = tuple(row[k] for k in IDENTITY)
@@ -91,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default="downstream", help="bench/results/NAME.json")
     p.add_argument("--default", action="store_true", help="this row is the shipped default")
     p.add_argument("--rare", default=",".join(RARE), help="classes of the rare-class gain")
+    p.add_argument("--control", help="bench/results/NAME.json of bench.segmenter_budget rows")
+    p.add_argument("--runs-dir", help="per-run metrics (default: METRICS' folder/segmenter)")
     a = p.parse_args(argv)
     for f in (a.metrics, a.params):
         if not Path(f).is_file():
@@ -98,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     metrics = json.loads(Path(a.metrics).read_text())
     params = yaml.safe_load(Path(a.params).read_text()) or {}
     row = row_from(metrics, params, tuple(filter(None, a.rare.split(","))))
+    if a.control:
+        seeds = params.get("train_segmenter", {}).get("seeds", [0])
+        runs = Path(a.runs_dir) if a.runs_dir else Path(a.metrics).parent / "segmenter"
+        row |= equal_steps_control(row, seeds, runs, previous_rows(a.control))
     rows = merge(previous_rows(a.name), row, a.default)
     path = save(a.name, {"rows": rows})
     lo, hi = row["ci_low"], row["ci_high"]
@@ -109,6 +155,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{100 * row['miou_real_synth']:.2f}, gain {100 * row['gain']:+.2f}{ci} over "
         f"{row['seeds']} seeds ({len(rows)} rows in {path.name})"
     )
+    if "gain_vs_control" in row:
+        print(
+            f"equal steps (seeds {row['control_seeds']}): real-only at {row['control_steps']} "
+            f"steps {100 * row['miou_real_control']:.2f}, real+synth "
+            f"{100 * row['miou_real_synth_control_seeds']:.2f}, gain "
+            f"{100 * row['gain_vs_control']:+.2f}"
+        )
 
 
 if __name__ == "__main__":

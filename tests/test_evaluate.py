@@ -249,3 +249,40 @@ def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkey
     with pytest.raises(SystemExit, match="no miou_gain"):
         metrics.write_text(json.dumps({"miou_real": 0.5, "n_seeds": 1}))
         downstream.main(args)
+
+
+def test_downstream_control_pairs_seeds_at_equal_steps(runs, evaluated, tmp_path, monkeypatch):
+    """--control: each seed's real+synth mIoU minus the real-only run of the same share, seed and
+    steps + pretrain_steps; seeds without a control are left out and named; none is an error."""
+    import bench.common
+    from bench import downstream
+
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
+    metrics, params = tmp_path / "segmentation.json", tmp_path / "params.yaml"
+    metrics.write_text(json.dumps(evaluated))
+    seg = {"synth_policy": "pretrain", "steps": 2, "pretrain_steps": 3, "seeds": [0, 1]}
+    params.write_text(json.dumps({"prepare": {"train_fraction": 0.5}, "train_segmenter": seg}))
+    budget = [
+        {"share": 0.5, "steps": 5, "seed": 0, "miou": 0.30},
+        {"share": 0.5, "steps": 5, "seed": 1, "miou": 0.20},
+        {"share": 0.5, "steps": 2, "seed": 0, "miou": 0.90},  # fewer steps: not the control
+        {"share": 1.0, "steps": 5, "seed": 0, "miou": 0.90},  # another share
+    ]
+    (tmp_path / "budget.json").write_text(json.dumps({"rows": budget}))
+    args = ["--metrics", str(metrics), "--params", str(params), "--name", "d"]
+    args += ["--control", "budget", "--runs-dir", str(runs["root"] / "metrics")]
+    downstream.main(args)
+    (row,) = json.loads((tmp_path / "d.json").read_text())["rows"]
+    synth = [runs["per_run"][f"real_synth-seed{s}"]["miou"] for s in (0, 1)]
+    _, _, lo, hi = mean_std_ci95([synth[0] - 0.30, synth[1] - 0.20])
+    assert row["control_steps"] == 5 and row["miou_real_control"] == pytest.approx(0.25)
+    assert row["gain_vs_control"] == pytest.approx(np.mean(synth) - 0.25)
+    assert (row["control_ci_low"], row["control_ci_high"]) == pytest.approx((lo, hi))
+    params.write_text(json.dumps({"train_segmenter": {**seg, "seeds": [0, 1, 2]}}))
+    downstream.main(args)  # share 1.0: seed 0 alone has a control, seed 2 no run either
+    (row,) = json.loads((tmp_path / "d.json").read_text())["rows"][1:]
+    assert row["control_seeds"] == [0] and row["control_ci_low"] is None
+    assert row["gain_vs_control"] == pytest.approx(synth[0] - 0.90)
+    params.write_text(json.dumps({"train_segmenter": {**seg, "steps": 7}}))
+    with pytest.raises(SystemExit, match="no seed has both"):
+        downstream.main(args)
