@@ -101,11 +101,12 @@ def equal_steps_control(row: dict, seeds: list[int], runs: Path, budget: list[di
         raise SystemExit("--control: no seed has both runs; nothing to compare")
     gains = [json.loads(files[s].read_text())["miou"] - control[s] for s in paired]
     mean, _, lo, hi = mean_std_ci95(gains)
+    real = sum(control[s] for s in paired) / len(paired)
     return {
         "control_steps": steps,
         "control_seeds": paired,
-        "miou_real_control": sum(control[s] for s in paired) / len(paired),
-        "miou_real_synth_control_seeds": mean + sum(control[s] for s in paired) / len(paired),
+        "miou_real_control": real,
+        "miou_real_synth_control_seeds": real + mean,
         "gain_vs_control": mean,
         "control_ci_low": lo if len(paired) > 1 else None,
         "control_ci_high": hi if len(paired) > 1 else None,
