@@ -31,6 +31,7 @@ import yaml
 
 from bench.common import previous_rows, save
 from pipeline.metrics.segmentation import mean_std_ci95
+from pipeline.predict import run_name
 
 RARE = ("pole", "sign", "fence", "pedestrian", "bicyclist")
 IDENTITY = ("share", "policy", "filter", "mask_source", "balance", "data_root")
@@ -89,7 +90,7 @@ def equal_steps_control(row: dict, seeds: list[int], runs: Path, budget: list[di
         for r in budget
         if abs(r["share"] - row["share"]) < 1e-6 and r["steps"] == steps
     }
-    files = {s: runs / f"real_synth-seed{s}.json" for s in seeds}
+    files = {s: runs / f"{run_name('real_synth', s)}.json" for s in seeds}
     paired = [s for s in seeds if s in control and files[s].is_file()]
     if len(paired) < len(seeds):
         print(
@@ -101,12 +102,10 @@ def equal_steps_control(row: dict, seeds: list[int], runs: Path, budget: list[di
         raise SystemExit("--control: no seed has both runs; nothing to compare")
     gains = [json.loads(files[s].read_text())["miou"] - control[s] for s in paired]
     mean, _, lo, hi = mean_std_ci95(gains)
-    real = sum(control[s] for s in paired) / len(paired)
     return {
         "control_steps": steps,
         "control_seeds": paired,
-        "miou_real_control": real,
-        "miou_real_synth_control_seeds": real + mean,
+        "miou_real_control": sum(control[s] for s in paired) / len(paired),
         "gain_vs_control": mean,
         "control_ci_low": lo if len(paired) > 1 else None,
         "control_ci_high": hi if len(paired) > 1 else None,
@@ -152,16 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"summary: share {row['share']:g}, {row['policy']}, filter {row['filter']}, masks "
         f"{row['mask_source']}, balance {row['balance']:g}: real {100 * row['miou_real']:.2f}, "
-        f"real+synth "
-        f"{100 * row['miou_real_synth']:.2f}, gain {100 * row['gain']:+.2f}{ci} over "
+        f"real+synth {100 * row['miou_real_synth']:.2f}, gain {100 * row['gain']:+.2f}{ci} over "
         f"{row['seeds']} seeds ({len(rows)} rows in {path.name})"
     )
-    if "gain_vs_control" in row:
+    if "gain_vs_control" in row:  # real + synthetic over the control's seeds: control + gain
+        real, gain = row["miou_real_control"], row["gain_vs_control"]
         print(
             f"equal steps (seeds {row['control_seeds']}): real-only at {row['control_steps']} "
-            f"steps {100 * row['miou_real_control']:.2f}, real+synth "
-            f"{100 * row['miou_real_synth_control_seeds']:.2f}, gain "
-            f"{100 * row['gain_vs_control']:+.2f}"
+            f"steps {100 * real:.2f}, real+synth {100 * (real + gain):.2f}, gain {100 * gain:+.2f}"
         )
 
 
