@@ -62,6 +62,7 @@ TINY = [
     "generate.device=cpu",
     "export.workers=0",
     "train_segmenter.steps=4",
+    "train_segmenter.pretrain_steps=2",
     "train_segmenter.batch_size=8",
     "train_segmenter.seeds=[0]",
     "train_segmenter.curve_fractions=[0.5]",
