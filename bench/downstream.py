@@ -18,6 +18,10 @@ synthetic run took (`steps` + `pretrain_steps` under `pretrain`), paired by seed
 `bench.segmenter_budget` rows of bench/results/NAME.json with the row's share (run them with the
 chain's segmenter params). The issue's gain holds real exposure equal; a `pretrain` run also
 takes more steps, and this column tells the pairs' effect from the extra steps'.
+
+Rows from several sessions share one file, and sessions run on different CPUs (fp32 on AVX2-only
+hosts, bf16 with AMX): each row keeps the `machine` it was recorded on (run this command where the
+chain ran) and whether the segmenter's bf16 autocast was active there.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from bench.common import previous_rows, save
+from bench.common import machine, previous_rows, save
+from pipeline.device import cpu_has_fast_bf16
 from pipeline.metrics.segmentation import mean_std_ci95
 from pipeline.predict import run_name
 
@@ -76,8 +81,17 @@ def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str,
         },
         "trust_tolerance": seg.get("trust_tolerance") if seg.get("trust_filter") else None,
         "synth_miou_ratio": metrics.get("synth_miou_ratio"),
+        "machine": recorded_on(bool(seg.get("bf16", True))),
         "default": False,
     }
+
+
+def recorded_on(bf16_param: bool) -> dict[str, Any]:
+    """This machine, as a row keeps it: the file's own `machine` is its last writer's only."""
+    info = {k: v for k, v in machine().items() if k != "load_avg_1min"}
+    # autocast runs bf16 only on CPUs that compute it natively (pipeline.device); else fp32
+    info["segmenter_bf16"] = bf16_param and (info["cuda"] is not None or cpu_has_fast_bf16())
+    return info
 
 
 def equal_steps_control(row: dict, seeds: list[int], runs: Path, budget: list[dict]) -> dict:
@@ -141,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     params = yaml.safe_load(Path(a.params).read_text()) or {}
     row = row_from(metrics, params, tuple(filter(None, a.rare.split(","))))
     if a.control:
-        seeds = params.get("train_segmenter", {}).get("seeds", [0])
+        # evaluate.seeds, where set, chose the paired seeds the metrics hold
+        seeds = (params.get("evaluate") or {}).get("seeds") or params.get(
+            "train_segmenter", {}
+        ).get("seeds", [0])
         runs = Path(a.runs_dir) if a.runs_dir else Path(a.metrics).parent / "segmenter"
         row |= equal_steps_control(row, seeds, runs, previous_rows(a.control))
     rows = merge(previous_rows(a.name), row, a.default)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -230,6 +231,11 @@ def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkey
         m["miou_gain_ci95_low"],
     )
     assert row["real_images_seen"] == m["real_images_seen_real_synth"] and row["default"]
+    # the row keeps its own machine: results of AVX2 (fp32) and AMX (bf16) hosts share a file
+    from pipeline.device import cpu_has_fast_bf16
+
+    assert row["machine"]["cpus"] == os.cpu_count() and "load_avg_1min" not in row["machine"]
+    assert row["machine"]["segmenter_bf16"] == cpu_has_fast_bf16()
     rare = [m[f"iou_real_synth_{c}"] - m[f"iou_real_{c}"] for c in ("ring", "disc")]
     assert row["rare_gain"] == pytest.approx(np.mean(rare))
     params.write_text(json.dumps({"train_segmenter": {**seg, "synth_policy": "add"}}))
@@ -283,6 +289,12 @@ def test_downstream_control_pairs_seeds_at_equal_steps(runs, evaluated, tmp_path
     (row,) = json.loads((tmp_path / "d.json").read_text())["rows"][1:]
     assert row["control_seeds"] == [0] and row["control_ci_low"] is None
     assert row["gain_vs_control"] == pytest.approx(synth[0] - 0.90)
+    # evaluate.seeds, where set, names the metrics' seeds: those are the ones paired
+    share = {"prepare": {"train_fraction": 0.5}, "evaluate": {"seeds": [1]}}
+    params.write_text(json.dumps({"train_segmenter": {**seg, "seeds": [0, 1, 2]}, **share}))
+    downstream.main(args)
+    row = json.loads((tmp_path / "d.json").read_text())["rows"][0]
+    assert row["control_seeds"] == [1] and row["gain_vs_control"] == pytest.approx(synth[1] - 0.20)
     params.write_text(json.dumps({"train_segmenter": {**seg, "steps": 7}}))
     with pytest.raises(SystemExit, match="no seed has both"):
         downstream.main(args)
