@@ -156,9 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     row = row_from(metrics, params, tuple(filter(None, a.rare.split(","))))
     if a.control:
         # evaluate.seeds, where set, chose the paired seeds the metrics hold
-        seeds = (params.get("evaluate") or {}).get("seeds") or params.get(
-            "train_segmenter", {}
-        ).get("seeds", [0])
+        evaluated = (params.get("evaluate") or {}).get("seeds")
+        seeds = evaluated or params.get("train_segmenter", {}).get("seeds", [0])
         runs = Path(a.runs_dir) if a.runs_dir else Path(a.metrics).parent / "segmenter"
         row |= equal_steps_control(row, seeds, runs, previous_rows(a.control))
     rows = merge(previous_rows(a.name), row, a.default)
