@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from bench.common import machine, previous_rows, save
-from pipeline.device import cpu_has_fast_bf16
+from pipeline.device import bf16_supported, pick_device
 from pipeline.metrics.segmentation import mean_std_ci95
 from pipeline.predict import run_name
 
@@ -81,16 +81,16 @@ def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str,
         },
         "trust_tolerance": seg.get("trust_tolerance") if seg.get("trust_filter") else None,
         "synth_miou_ratio": metrics.get("synth_miou_ratio"),
-        "machine": recorded_on(bool(seg.get("bf16", True))),
+        "machine": recorded_on(bool(seg.get("bf16", True)), seg.get("device", "auto")),
         "default": False,
     }
 
 
-def recorded_on(bf16_param: bool) -> dict[str, Any]:
+def recorded_on(bf16_param: bool, device: str) -> dict[str, Any]:
     """This machine, as a row keeps it: the file's own `machine` is its last writer's only."""
     info = {k: v for k, v in machine().items() if k != "load_avg_1min"}
-    # autocast runs bf16 only on CPUs that compute it natively (pipeline.device); else fp32
-    info["segmenter_bf16"] = bf16_param and (info["cuda"] is not None or cpu_has_fast_bf16())
+    # the segmenter's own rule: bf16 autocast only where the device computes it natively
+    info["segmenter_bf16"] = bf16_param and bf16_supported(pick_device(device))
     return info
 
 
