@@ -27,6 +27,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model or platform.processor(),
+        "cpu_family_model": _family_model(info),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -37,6 +38,16 @@ def machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_1min": os.getloadavg()[0],
     }
+
+
+def _family_model(cpuinfo: str) -> str:
+    """x86 "family/model" of the first CPU ("26/2" is AMD Zen 5): the virtual machines here all say
+    "AMD EPYC", yet one trained OASIS at 11.9 images/s (bf16) and another at 2.1 (fp32, AVX2 only)."""
+    fields: dict[str, str] = {}
+    for ln in cpuinfo.splitlines():
+        key, _, value = ln.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

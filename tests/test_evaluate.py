@@ -236,6 +236,7 @@ def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkey
 
     assert row["machine"]["cpus"] == os.cpu_count() and "load_avg_1min" not in row["machine"]
     assert row["machine"]["segmenter_bf16"] == cpu_has_fast_bf16()
+    assert "/" in row["machine"]["cpu_family_model"]  # "AMD EPYC" alone names several CPUs
     rare = [m[f"iou_real_synth_{c}"] - m[f"iou_real_{c}"] for c in ("ring", "disc")]
     assert row["rare_gain"] == pytest.approx(np.mean(rare))
     params.write_text(json.dumps({"train_segmenter": {**seg, "synth_policy": "add"}}))
@@ -298,3 +299,13 @@ def test_downstream_control_pairs_seeds_at_equal_steps(runs, evaluated, tmp_path
     params.write_text(json.dumps({"train_segmenter": {**seg, "steps": 7}}))
     with pytest.raises(SystemExit, match="no seed has both"):
         downstream.main(args)
+
+
+def test_cpu_family_model_reads_the_first_cpu():
+    from bench.common import _family_model
+
+    info = (
+        "model name\t: AMD EPYC\ncpu family\t: 26\nmodel\t\t: 2\n\ncpu family\t: 25\nmodel\t: 1\n"
+    )
+    assert _family_model(info) == "26/2"  # not the model name's line, not the second CPU
+    assert _family_model("") == "?/?"
