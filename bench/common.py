@@ -20,13 +20,10 @@ def machine() -> dict[str, Any]:
     import torch
 
     info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), ""
-    )
     flags = set(info.split())
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": model or platform.processor(),
+        "cpu_model": _first_cpu(info).get("model name") or platform.processor(),
         "cpu_family_model": _family_model(info),
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -43,11 +40,17 @@ def machine() -> dict[str, Any]:
 def _family_model(cpuinfo: str) -> str:
     """x86 "family/model" of the first CPU ("26/2" is AMD Zen 5): the virtual machines here all say
     "AMD EPYC", yet one trained OASIS at 11.9 images/s (bf16) and another at 2.1 (fp32, AVX2 only)."""
+    cpu = _first_cpu(cpuinfo)
+    return f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}"
+
+
+def _first_cpu(cpuinfo: str) -> dict[str, str]:
+    """/proc/cpuinfo's fields of the first CPU listed (the first value of each key)."""
     fields: dict[str, str] = {}
     for ln in cpuinfo.splitlines():
         key, _, value = ln.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    return f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}"
+    return fields
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
