@@ -39,7 +39,18 @@ from pipeline.metrics.segmentation import mean_std_ci95
 from pipeline.predict import run_name
 
 RARE = ("pole", "sign", "fence", "pedestrian", "bicyclist")
-IDENTITY = ("share", "policy", "filter", "mask_source", "balance", "data_root")
+# A chain is one row per what it varies: the GANs' budgets and the segmenter's steps included,
+# since a longer OASIS run or a converged schedule is a new experiment, not a rerun of the old one.
+IDENTITY = (
+    "share",
+    "policy",
+    "filter",
+    "mask_source",
+    "balance",
+    "data_root",
+    "steps",
+    "gan_images",
+)
 
 
 def row_from(metrics: dict[str, float], params: dict[str, Any], rare: tuple[str, ...]) -> dict:

@@ -253,6 +253,13 @@ def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkey
     assert [(r["policy"], r["balance"]) for r in rows] == [
         ("replace", 0.0), ("add", 0.0), ("add", 0.5),
     ]  # fmt: skip
+    longer = {"train_images": {"total_images": 16000}, "train_segmenter": {**seg, "steps": 3200}}
+    for more in ({**longer, "train_segmenter": seg}, longer):  # a longer OASIS run, then steps
+        params.write_text(json.dumps({**more, **gen}))
+        downstream.main(args)  # rows of their own, not reruns of the balanced chain
+    rows = json.loads((tmp_path / "d.json").read_text())["rows"]
+    kept = {(r["policy"], r["steps"], r["gan_images"]["images"]) for r in rows if r["balance"]}
+    assert kept == {("add", None, None), ("replace", None, 16000), ("replace", 3200, 16000)}
     with pytest.raises(SystemExit, match="no miou_gain"):
         metrics.write_text(json.dumps({"miou_real": 0.5, "n_seeds": 1}))
         downstream.main(args)
