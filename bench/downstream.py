@@ -39,8 +39,9 @@ from pipeline.metrics.segmentation import mean_std_ci95
 from pipeline.predict import run_name
 
 RARE = ("pole", "sign", "fence", "pedestrian", "bicyclist")
-# A chain is one row per what it varies: the GANs' budgets and the segmenter's steps included,
-# since a longer OASIS run or a converged schedule is a new experiment, not a rerun of the old one.
+# A chain is one row per what it varies: the GANs' budgets and the segmenter's steps (the
+# synthetic phase's too) included, since a longer OASIS run or a converged schedule is a new
+# experiment, not a rerun of the old one.
 IDENTITY = (
     "share",
     "policy",
@@ -49,6 +50,7 @@ IDENTITY = (
     "balance",
     "data_root",
     "steps",
+    "pretrain_steps",
     "gan_images",
 )
 

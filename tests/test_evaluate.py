@@ -260,6 +260,12 @@ def test_downstream_row_from_a_real_evaluation(runs, evaluated, tmp_path, monkey
     rows = json.loads((tmp_path / "d.json").read_text())["rows"]
     kept = {(r["policy"], r["steps"], r["gan_images"]["images"]) for r in rows if r["balance"]}
     assert kept == {("add", None, None), ("replace", None, 16000), ("replace", 3200, 16000)}
+    for pre in (400, 800, 400):  # a longer synthetic phase is a row of its own; 400 again replaces
+        pretrain = {**seg, "synth_policy": "pretrain", "pretrain_steps": pre}
+        params.write_text(json.dumps({"train_segmenter": pretrain}))
+        downstream.main(args)
+    rows = json.loads((tmp_path / "d.json").read_text())["rows"]
+    assert sorted(r["pretrain_steps"] for r in rows if r["policy"] == "pretrain") == [400, 800]
     with pytest.raises(SystemExit, match="no miou_gain"):
         metrics.write_text(json.dumps({"miou_real": 0.5, "n_seeds": 1}))
         downstream.main(args)
